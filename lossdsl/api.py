@@ -1,0 +1,237 @@
+"""Public entry points: parse, compile, load. Text → AST → IR → source → nn.Module, one way."""
+
+from __future__ import annotations
+
+import builtins
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+
+import sympy as sp
+import torch
+
+from . import ir
+from . import syntax as s
+from .codegen import class_name, generate
+from .errors import InputError, LossError, ParameterError, UnknownNameError, did_you_mean
+from .frontend import CONSTANTS, ELEMENTWISE, check_param_value, lower
+from .parser import parse_text
+
+STDLIB_DIR = Path(__file__).parents[1] / "stdlib"
+
+
+class Loss:
+    """A parsed and checked loss: its inputs, parameters, SymPy expression and generated source."""
+
+    def __init__(self, loss_ir: ir.LossIR) -> None:
+        self.ir = loss_ir
+
+    @property
+    def name(self) -> str:
+        return self.ir.name
+
+    @property
+    def doc(self) -> str | None:
+        return self.ir.doc
+
+    @property
+    def inputs(self) -> list[ir.Input]:
+        return self.ir.inputs
+
+    @property
+    def parameters(self) -> list[ir.Param]:
+        return self.ir.params
+
+    @property
+    def expr(self) -> sp.Expr:
+        return self.ir.expr
+
+    def latex(self) -> str:
+        return sp.latex(self.ir.expr)
+
+    def _repr_latex_(self) -> str:
+        return f"$\\displaystyle {self.latex()}$"
+
+    def __str__(self) -> str:
+        return f"{self.name} = {sp.sstr(self.ir.expr)}"
+
+    def __repr__(self) -> str:
+        ins = ", ".join(i.name for i in self.inputs)
+        return f"<Loss {self.name}({ins})>"
+
+    @functools.cached_property
+    def _source(self) -> str:
+        return generate(self.ir)
+
+    def to_source(self) -> str:
+        """Standalone PyTorch source of the module class (imports only torch)."""
+        return self._source
+
+    @property
+    def class_name(self) -> str:
+        return class_name(self.name)
+
+    def module_class(self) -> type[torch.nn.Module]:
+        return _build_class(self._source, self.class_name)
+
+    def axis_keywords(self) -> list[str]:
+        fixed = {self.ir.axis_of.get(a, a) for i in self.inputs if i.axes for a in i.axes}
+        canon = {self.ir.axis_of.get(a, a) for a in self.ir.axis_of}
+        return sorted(a for a in canon if a not in fixed and not a.startswith("*"))
+
+    def compile(self, *, reduction: str | None = None, validate: bool = True, **params) -> torch.nn.Module:
+        """Build the nn.Module with the given parameter values (and sizes of axes no input fixes)."""
+        known = {p.name: p for p in self.parameters}
+        sizes = self.axis_keywords()
+        for key in params:
+            if key not in known and key not in sizes:
+                raise UnknownNameError(f"loss '{self.name}' has no parameter '{key}'"
+                                       + did_you_mean(key, [*known, *sizes]))
+        for p in self.parameters:
+            if p.default is None and p.name not in params:
+                raise ParameterError(f"loss '{self.name}' needs a value for parameter '{p.name}'")
+            if p.name in params:
+                _check_type(p, params[p.name])
+                check_param_value(p, params[p.name])
+        if reduction not in (None, "mean", "sum", "none", "batchmean"):
+            raise ParameterError(f"reduction must be 'mean', 'sum', 'none' or 'batchmean', got {reduction!r}")
+        return self.module_class()(**params, reduction=reduction, validate=validate)
+
+
+def _check_type(p: ir.Param, value) -> None:
+    if p.type == "int" and not (isinstance(value, int) and not isinstance(value, bool)):
+        raise ParameterError(f"parameter '{p.name}' is an int, got {value!r}")
+    if p.type == "bool" and not isinstance(value, bool):
+        raise ParameterError(f"parameter '{p.name}' is a bool, got {value!r}")
+    if p.type not in ("int", "bool") and not isinstance(value, (int, float, torch.Tensor)):
+        raise ParameterError(f"parameter '{p.name}' must be a number or a tensor, got {type(value).__name__}")
+
+
+@functools.lru_cache(maxsize=256)
+def _build_class(source: str, name: str) -> type[torch.nn.Module]:
+    """Executes the code generator's own output (never user text directly) and returns the class."""
+    namespace: dict = {"__name__": f"lossdsl.generated.{name}"}
+    exec(builtins.compile(source, f"<lossdsl:{name}>", "exec"), namespace)  # noqa: S102 - generated, validated source
+    cls = namespace[name]
+    cls.error = InputError
+    cls.param_error = ParameterError
+    cls.__lossdsl_source__ = source
+    return cls
+
+
+# ---- parsing
+def _formula_names(d: s.LossDef) -> list[str]:
+    """Free names of a one-line formula in order of first appearance (calls and assigned names excluded)."""
+    seen: list[str] = []
+    assigned = {st.target.name for st in d.body if st.kind == "assign" and isinstance(st.target, s.Name)}
+
+    def walk(node) -> None:
+        if isinstance(node, s.Name):
+            if node.name not in seen and node.name not in assigned and node.name not in CONSTANTS:
+                seen.append(node.name)
+        elif isinstance(node, s.Call):
+            for a in node.args:
+                walk(a)
+            for _, v in node.kwargs:
+                walk(v)
+        elif isinstance(node, s.IfElse):
+            walk(node.then), walk(node.cond), walk(node.other)
+        elif isinstance(node, s.Binary):
+            walk(node.left), walk(node.right)
+        elif isinstance(node, s.Unary):
+            walk(node.operand)
+        elif isinstance(node, s.Subscript):
+            walk(node.base)
+
+    for st in d.body:
+        if st.value is not None:
+            walk(st.value)
+    return seen
+
+
+def _declare_formula(d: s.LossDef, params: dict, inputs: Sequence[str] | None) -> s.LossDef:
+    names = [n for n in _formula_names(d) if n not in ELEMENTWISE]
+    tensor_names = [n for n in names if n not in params]
+    if inputs is not None:
+        unknown = [n for n in inputs if n not in tensor_names]
+        if unknown:
+            raise UnknownNameError(f"inputs={list(inputs)!r} names '{unknown[0]}', which the formula does not use"
+                                   + did_you_mean(unknown[0], tensor_names))
+        tensor_names = list(inputs) + [n for n in tensor_names if n not in inputs]
+    decl_in = tuple(s.InputDecl(d.span, n, None) for n in tensor_names)
+    decl_p = tuple(s.ParamDecl(d.span, n, None, None, _default_node(d, params[n]), None) for n in names if n in params)
+    return s.LossDef(d.span, "formula", decl_in, decl_p, d.body, None, d.source, header=False)
+
+
+def _default_node(d: s.LossDef, value) -> s.Num | None:
+    """A formula parameter's default is the value it was given (when that is a plain number)."""
+    return s.Num(d.span, value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _defs(text: str) -> list[s.LossDef]:
+    return parse_text(text)
+
+
+def _lookup_factory(defs: list[s.LossDef]):
+    local = {d.name: d for d in defs if d.header}
+
+    def lookup(name: str) -> s.LossDef | None:
+        return local.get(name) or _stdlib_defs().get(name)
+
+    return lookup
+
+
+@functools.cache
+def _stdlib_defs() -> dict[str, s.LossDef]:
+    out: dict[str, s.LossDef] = {}
+    for path in sorted(STDLIB_DIR.glob("*.loss")) if STDLIB_DIR.exists() else []:
+        for d in parse_text(path.read_text(encoding="utf-8")):
+            out[d.name] = d
+    return out
+
+
+def _lower(d: s.LossDef, defs: list[s.LossDef]) -> Loss:
+    try:
+        return Loss(lower(d, _lookup_factory(defs)))
+    except LossError as err:
+        raise err.with_source(d.source) from None
+
+
+def parse(text: str, *, inputs: Sequence[str] | None = None, params: Sequence[str] = ()) -> Loss:
+    """Parse a formula or a `.loss` text; returns its last loss. For formulas, `params` names the parameters."""
+    defs = _defs(text)
+    if not defs:
+        raise LossError("the text defines no loss")
+    d = defs[-1]
+    if not d.header:
+        d = _declare_formula(d, dict.fromkeys(params), inputs)
+    return _lower(d, defs)
+
+
+def load(path_or_text: str | Path) -> dict[str, Loss]:
+    """All losses of a `.loss` file (a path or the text itself), by name."""
+    text = str(path_or_text)
+    if isinstance(path_or_text, Path) or (text.endswith(".loss") and "\n" not in text):
+        text = Path(path_or_text).read_text(encoding="utf-8")
+    defs = _defs(text)
+    return {d.name: _lower(d, defs) for d in defs}
+
+
+def compile(text: str, *, reduction: str | None = None, inputs: Sequence[str] | None = None,  # noqa: A001
+            validate: bool = True, **params) -> torch.nn.Module:
+    """Compile a formula or a `.loss` text (its last loss) into an nn.Module with the given parameters."""
+    defs = _defs(text)
+    if not defs:
+        raise LossError("the text defines no loss")
+    d = defs[-1]
+    if not d.header:
+        d = _declare_formula(d, params, inputs)
+    elif inputs is not None:
+        raise ParameterError("inputs= applies to one-line formulas; a loss file declares its inputs")
+    loss = _lower(d, defs)
+    module = loss.compile(reduction=reduction, validate=validate, **params)
+    module.loss = loss
+    return module
+
+
+__all__ = ["Loss", "parse", "load", "compile", "InputError"]

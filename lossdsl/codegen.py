@@ -1,0 +1,357 @@
+"""LossIR → standalone PyTorch source: one nn.Module class that imports only torch.
+
+forward() binds sizes from the inputs (checking every axis that must agree), validates values by kind,
+flattens `*group` axes into one, evaluates the loss expression via `emit.Emitter`, then restores the groups
+and applies the reduction.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+
+from . import ir
+from .emit import Emitter, V, _literal
+from .errors import ShapeError
+
+PRELUDE = '''import torch
+
+
+def _float_dtype(*tensors):
+    """The promoted floating dtype of the inputs (the default dtype when none is floating)."""
+    dtype = None
+    for t in tensors:
+        if t.is_floating_point():
+            dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)
+    return dtype if dtype is not None else torch.get_default_dtype()
+
+
+def _numel(shape):
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+'''
+
+
+def class_name(name: str) -> str:
+    return "".join(part.capitalize() for part in re.split(r"_+", name) if part) or "Loss"
+
+
+class SourceBuilder:
+    """Builds the module class for one LossIR."""
+
+    def __init__(self, loss: ir.LossIR) -> None:
+        self.loss = loss
+        self.lines: list[str] = []
+        self.bound: dict[str, tuple[str, int]] = {}  # axis class -> (tensor, dim) it was first read from
+        self.order = list(loss.axis_of)
+
+    # ---- naming
+    def canon(self, label: str) -> str:
+        return self.loss.axis_of.get(label, label)
+
+    def size_var(self, label: str) -> str:
+        """The Python int holding an axis size; a `*group` counts as one flattened axis."""
+        c = self.canon(label)
+        return ("S_" if c.startswith("*") else "N_") + re.sub(r"\W", "_", c.lstrip("*"))
+
+    def shape_var(self, label: str) -> str:
+        """The tuple holding a `*group`'s own shape, restored on output."""
+        return "G_" + re.sub(r"\W", "_", self.canon(label).lstrip("*"))
+
+    def axes_needed(self) -> list[str]:
+        return sorted({self.canon(a) for a in self.loss.axis_of}, key=self.order.index)
+
+    def unbound_axes(self) -> list[str]:
+        """Axes no input fixes: their sizes come from shaped parameters or keywords."""
+        fixed = {self.canon(a) for i in self.loss.inputs if i.axes for a in i.axes}
+        return [a for a in self.axes_needed() if a not in fixed and not a.startswith("*")]
+
+    # ---- source
+    def build(self) -> str:
+        loss = self.loss
+        cls = class_name(loss.name)
+        floats = [p for p in loss.params if p.type not in ("int", "bool")]
+        out = [PRELUDE, "", f"class {cls}(torch.nn.Module):"]
+        if loss.doc:
+            out.append(f"    {loss.doc.strip()!r}")
+        out += ["", "    error = ValueError  # lossdsl substitutes lossdsl.InputError", "    param_error = ValueError",
+                f"    input_names = {tuple(i.name for i in loss.inputs)!r}",
+                f"    default_reduction = {self.default_reduction()!r}", ""]
+        out += self.init_source(floats)
+        out += self.forward_source(floats)
+        return "\n".join(out) + "\n"
+
+    def default_reduction(self) -> str:
+        mode = self.loss.reduce_mode
+        return mode if mode in ("sum", "none", "batchmean") else "mean"
+
+    def init_source(self, floats: list[ir.Param]) -> list[str]:
+        loss = self.loss
+        args = ["self"]
+        for p in loss.params:
+            args.append(p.name if p.default is None else f"{p.name}={_default_literal(p)}")
+        args.append("*")
+        args.append("reduction=None")
+        args += [f"{a}=None" for a in self.unbound_axes()]
+        args.append("validate=True")
+        lines = [f"    def __init__({', '.join(args)}):", "        super().__init__()",
+                 "        reduction = self.default_reduction if reduction is None else reduction",
+                 "        if reduction not in ('mean', 'sum', 'none', 'batchmean'):",
+                 "            raise self.param_error(f\"reduction must be 'mean', 'sum', 'none' or 'batchmean', "
+                 "got {reduction!r}\")",
+                 "        self.reduction = reduction", "        self.validate = validate"]
+        for a in self.unbound_axes():
+            lines.append(f"        self.size_{a} = {a}")
+        for p in loss.params:
+            lines += self.param_init(p)
+        return lines + [""]
+
+    def param_init(self, p: ir.Param) -> list[str]:
+        if p.type == "int":
+            return [f"        self.{p.name} = int({p.name})"]
+        if p.type == "bool":
+            return [f"        self.{p.name} = bool({p.name})"]
+        if p.type == "learnable":
+            unbound = self.unbound_axes()
+            shape = [f"self.size_{self.canon(a)}" for a in p.axes or ()]
+            if not shape:
+                return [f"        self.{p.name} = torch.nn.Parameter(torch.as_tensor({p.name}, "
+                        "dtype=torch.get_default_dtype()).clone())"]
+            known = " and ".join(f"{s} is not None" for s in shape) if all(
+                self.canon(a) in unbound for a in p.axes) else "False"
+            return [f"        if isinstance({p.name}, torch.Tensor) and {p.name}.dim() == {len(shape)}:",
+                    f"            self.{p.name} = torch.nn.Parameter({p.name}.detach().clone())",
+                    f"        elif {known}:",
+                    f"            self.{p.name} = torch.nn.Parameter(torch.full(({', '.join(shape)},), "
+                    f"float({p.name})))",
+                    "        else:  # materialised on the first call, once the input sizes are known",
+                    f"            self.{p.name} = torch.nn.parameter.UninitializedParameter()",
+                    f"            self._init_{p.name} = float({p.name})"]
+        return [f"        self.register_buffer({p.name!r}, torch.as_tensor({p.name}, dtype=torch.float64))"]
+
+    def forward_source(self, floats: list[ir.Param]) -> list[str]:
+        loss = self.loss
+        tensor_inputs = [i for i in loss.inputs if i.kind != "fn"]
+        sig = ", ".join(["self", *(i.name for i in loss.inputs)])
+        self.lines = []
+        w = self.lines.append
+        for i in tensor_inputs:
+            w(f"if not isinstance({i.name}, torch.Tensor):")
+            w(f"    {i.name} = torch.as_tensor({i.name})")
+        real = [i.name for i in tensor_inputs if not i.is_integral]
+        w(f"_dt = _float_dtype({', '.join(real)})" if real else "_dt = torch.get_default_dtype()")
+        w(f"_dev = {tensor_inputs[0].name}.device" if tensor_inputs else "_dev = torch.device('cpu')")
+        for i in tensor_inputs:
+            self.bind_input(i)
+        self.bind_broadcast(tensor_inputs)
+        for a in self.unbound_axes():
+            self.bind_unbound(a)
+        for i in tensor_inputs:
+            self.validate_input(i)
+        names = self.bind_names(floats)
+        em = Emitter(self.order, self.size_var, names, {i: f"{i}_ix" for i in loss.sentinels}, self.lines)
+        result = em.emit(loss.expr)
+        weight = em.emit(loss.reduce_weight) if loss.reduce_weight is not None else None
+        self.finish(em, result, weight)
+        body = ["    def forward(" + sig + "):"] + [f"        {line}" for line in self.lines]
+        return body
+
+    def bind_input(self, i: ir.Input) -> None:
+        w = self.lines.append
+        if not i.is_integral:
+            w(f"{i.name} = {i.name}.to(_dt)")
+        elif i.kind == "index":
+            w(f"if {i.name}.is_floating_point() or {i.name}.is_complex():")
+            w(f"    raise self.error(f\"input '{i.name}' holds class indices and must be an integer tensor, "
+              f"got {{{i.name}.dtype}}\")")
+        if i.axes is None:
+            return
+        groups = [a for a in i.axes if a.startswith("*")]
+        if len(groups) > 1:
+            raise ShapeError(f"input '{i.name}' has more than one *group; declare at most one")
+        fixed = len(i.axes) - len(groups)
+        desc = ", ".join(i.axes)
+        cmp = ">=" if groups else "=="
+        w(f"if not {i.name}.dim() {cmp} {fixed}:")
+        need = f"at least {fixed}" if groups else str(fixed)
+        w(f"    raise self.error(f\"input '{i.name}' needs {need} dimensions ({desc}), got {{{i.name}.dim()}} "
+          f"(shape {{tuple({i.name}.shape)}})\")")
+        g_at = i.axes.index(groups[0]) if groups else None
+        shape_expr = []
+        for pos, a in enumerate(i.axes):
+            if g_at is not None and pos > g_at:
+                dim = f"{i.name}.dim() - {len(i.axes) - pos}"
+                dim_text = f"{pos - len(i.axes)}"
+            else:
+                dim, dim_text = str(pos), str(pos)
+            var = self.size_var(a)
+            if a.startswith("*"):
+                end = f"{i.name}.dim() - {len(i.axes) - pos - 1}"
+                read = f"tuple({i.name}.shape[{pos}:{end}])"
+                var = self.shape_var(a)
+                shape_expr.append(self.size_var(a))
+            else:
+                read = f"{i.name}.shape[{dim}]"
+                shape_expr.append(var)
+            self.bind_size(a, var, read, i.name, dim_text)
+        if groups:
+            w(f"{i.name} = {i.name}.reshape({', '.join(shape_expr)})")
+
+    def bind_size(self, axis: str, var: str, read: str, owner: str, dim: str) -> None:
+        w = self.lines.append
+        canon = self.canon(axis)
+        what = "axes *" + axis.lstrip("*") if axis.startswith("*") else f"axis {dim} ({axis})"
+        if canon not in self.bound:
+            self.bound[canon] = (owner, dim)
+            w(f"{var} = {read}")
+            if axis.startswith("*"):
+                w(f"{self.size_var(axis)} = _numel({var})")
+            return
+        first, _ = self.bound[canon]
+        w(f"if {read} != {var}:")
+        w(f"    raise self.error(f\"input '{owner}' {what} has size {{{read}}} but '{first}' fixes it to {{{var}}}\")")
+
+    def bind_broadcast(self, inputs: list[ir.Input]) -> None:
+        loose = [i.name for i in inputs if i.axes is None]
+        w = self.lines.append
+        if not loose:
+            return
+        w("try:")
+        w(f"    _bshape = torch.broadcast_shapes({', '.join(f'{n}.shape' for n in loose)})")
+        w("except RuntimeError:")
+        shapes = ", ".join(f"{n} {{tuple({n}.shape)}}" for n in loose)
+        w(f"    raise self.error(f\"inputs do not broadcast together: {shapes}\") from None")
+
+    def bind_unbound(self, axis: str) -> None:
+        """An axis fixed by a shaped parameter or a keyword (center loss's k)."""
+        w = self.lines.append
+        var = self.size_var(axis)
+        owners = [p for p in self.loss.params if p.axes and any(self.canon(a) == axis for a in p.axes)]
+        w(f"{var} = self.size_{axis}")
+        for p in owners:
+            pos = next(k for k, a in enumerate(p.axes) if self.canon(a) == axis)
+            w(f"if {var} is None and not isinstance(self.{p.name}, torch.nn.parameter.UninitializedParameter) "
+              f"and self.{p.name}.dim() == {len(p.axes)}:")
+            w(f"    {var} = self.{p.name}.shape[{pos}]")
+        w(f"if {var} is None:")
+        w(f"    raise self.error(\"the size of axis '{axis}' is fixed by no input: pass {axis}=... when building "
+          "the loss\")")
+
+    def validate_input(self, i: ir.Input) -> None:
+        w = self.lines.append
+        if i.kind == "prob":
+            w(f"if self.validate and (({i.name} < 0) | ({i.name} > 1)).any():")
+            w(f"    raise self.error(\"input '{i.name}' is a probability but has values outside [0, 1]\")")
+        if i.kind == "index" and i.axes is not None:
+            size = self.size_var(i.kind_arg)
+            sent = self.loss.sentinels.get(i.name, [])
+            allowed = " & ".join(f"({i.name} != {_value_code(x)})" for x in sent)
+            w("if self.validate:")
+            w(f"    _bad = (({i.name} < 0) | ({i.name} >= {size}))" + (f" & {allowed}" if allowed else ""))
+            w("    if _bad.any():")
+            w(f"        raise self.error(f\"input '{i.name}' holds class index {{int({i.name}[_bad][0])}} outside "
+              f"[0, {{{size}}}) (axis {i.kind_arg.lstrip('*')})\")")
+            if sent:
+                w(f"{i.name}_ix = {i.name}.clamp(0, max({size} - 1, 0))")
+
+    def bind_names(self, floats: list[ir.Param]) -> dict[str, V]:
+        w = self.lines.append
+        names: dict[str, V] = {}
+        for i in self.loss.inputs:
+            if i.kind == "fn":
+                names[i.name] = V(i.name, kind="py")
+            else:
+                names[i.name] = V(i.name, tuple(i.axes) if i.axes is not None else (), "tensor", i.axes is None)
+        for p in self.loss.params:
+            if p.type in ("int", "bool"):
+                names[p.name] = V(f"self.{p.name}", kind="py")
+                continue
+            axes = tuple(p.axes or ())
+            if p.type == "learnable":
+                self.materialise(p)
+                w(f"{p.name} = self.{p.name}")
+            else:
+                w(f"{p.name} = self.{p.name}.to(device=_dev, dtype=_dt)")
+            if axes:
+                sizes = ", ".join(self.size_var(a) for a in axes)
+                w(f"if {p.name}.dim() == 0:")
+                w(f"    {p.name} = {p.name}.expand({sizes})")
+                w(f"elif tuple({p.name}.shape) != ({sizes},):")
+                w(f"    raise self.error(f\"parameter '{p.name}' has shape {{tuple({p.name}.shape)}}, expected "
+                  f"({', '.join(axes)}) = {{({sizes},)}}\")")
+            names[p.name] = V(p.name, axes, "tensor", False)
+        return names
+
+    def materialise(self, p: ir.Param) -> None:
+        if not p.axes:
+            return
+        w = self.lines.append
+        sizes = ", ".join(self.size_var(a) for a in p.axes)
+        w(f"if isinstance(self.{p.name}, torch.nn.parameter.UninitializedParameter):")
+        w("    with torch.no_grad():")
+        w(f"        self.{p.name}.materialize(({sizes},), device=_dev)")
+        w(f"        self.{p.name}.fill_(self._init_{p.name})")
+
+    def finish(self, em: Emitter, result: V, weight: V | None) -> None:
+        w = self.lines.append
+        free = self.loss.free
+        out = em.expand_to(result, free) if free or not result.is_tensor else result
+        w(f"out = {em.align(out, free, out.ell)}")
+        if any(i.axes is None and i.kind != "fn" for i in self.loss.inputs):
+            w("out = out.expand(torch.broadcast_shapes(out.shape, _bshape))")
+        if weight is not None:
+            w(f"wsum = torch.broadcast_to({em.align(weight, free, weight.ell)}, out.shape).sum()")
+        w("if self.reduction == 'none':")
+        w(f"    return {self.unflatten('out', free)}")
+        w("if self.reduction == 'sum':")
+        w("    return out.sum()")
+        w("if self.reduction == 'batchmean':")
+        w(f"    return out.sum() / {self.batch_size()}")
+        w("return out.sum() / wsum" if weight is not None else "return out.mean()")
+
+    def batch_size(self) -> str:
+        first = next((i for i in self.loss.inputs if i.kind != "fn"), None)
+        if first is None or first.axes is None:
+            return f"max({first.name}.shape[0] if {first.name}.dim() else 1, 1)" if first else "1"
+        return f"max({self.size_var(first.axes[0])}, 1)" if not first.axes[0].startswith("*") else "1"
+
+    def unflatten(self, var: str, free: tuple[str, ...]) -> str:
+        if not any(f.startswith("*") for f in free):
+            return var
+        parts = [f"*{self.shape_var(f)}" if f.startswith("*") else self.size_var(f) for f in free]
+        lead = f"*{var}.shape[:{var}.dim() - {len(free)}], " if self.loss.broadcast else ""
+        return f"{var}.reshape({lead}{', '.join(parts)})"
+
+
+def _default_literal(p: ir.Param) -> str:
+    v = p.default
+    if p.type == "bool":
+        return repr(bool(v))
+    if p.type == "int":
+        return repr(int(v))
+    return _literal_value(v)
+
+
+def _literal_value(v) -> str:
+    if isinstance(v, bool):
+        return repr(v)
+    if isinstance(v, int):
+        return repr(v)
+    return repr(float(v)) if v == v and abs(v) != float("inf") else f"float('{v}')"
+
+
+def _value_code(x) -> str:
+    return repr(x) if isinstance(x, int) else f"self.{x}"
+
+
+def is_safe_identifier(name: str) -> bool:
+    return name.isidentifier() and not keyword.iskeyword(name)
+
+
+def generate(loss: ir.LossIR) -> str:
+    return SourceBuilder(loss).build()
+
+
+__all__ = ["generate", "class_name", "_literal"]

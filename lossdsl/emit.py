@@ -1,0 +1,483 @@
+"""IR expression → lines of PyTorch. Every IR node becomes one named temporary over labelled axes.
+
+A value knows its axis labels (index names); elementwise ops align labels by permute/unsqueeze, reductions
+name their dims, `sum` of a product becomes one `torch.einsum` (a matmul, never an [i, j, d] temporary),
+gathers use `gather`/indexing. Identical sub-expressions are emitted once (the memo is the CSE).
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sympy as sp
+
+from . import ir
+from .errors import KindError
+from .scope import ELLIPSIS
+
+FUNCS: dict[type, str] = {
+    sp.exp: "torch.exp", sp.log: "torch.log", sp.Abs: "torch.abs", sp.sign: "torch.sign", sp.sin: "torch.sin",
+    sp.cos: "torch.cos", sp.tan: "torch.tan", sp.tanh: "torch.tanh", sp.cosh: "torch.cosh",
+    sp.sinh: "torch.sinh", sp.acos: "torch.acos", sp.asin: "torch.asin", sp.atan: "torch.atan",
+    sp.erf: "torch.erf", ir.sigmoid: "torch.sigmoid", ir.logsigmoid: "torch.nn.functional.logsigmoid",
+    ir.softplus: "torch.nn.functional.softplus", ir.relu: "torch.relu", ir.log1p: "torch.log1p",
+    ir.expm1: "torch.expm1",
+}
+COMPARE = {sp.Eq: "==", sp.Ne: "!=", sp.Lt: "<", sp.Le: "<=", sp.Gt: ">", sp.Ge: ">="}
+FILL = {"sum": "0.0", "mean": "0.0", "norm": "0.0", "prod": "1.0", "max": "-float('inf')",
+        "min": "float('inf')", "logsumexp": "-float('inf')"}
+REDUCE_CALL = {"sum": "{t}.sum(dim={d})", "mean": "{t}.mean(dim={d})", "max": "{t}.amax(dim={d})",
+               "min": "{t}.amin(dim={d})", "logsumexp": "torch.logsumexp({t}, dim={d})",
+               "norm": "torch.linalg.vector_norm({t}, dim={d})"}
+NORMALISE_CALL = {"softmax": "torch.softmax({t}, dim={d})", "log_softmax": "torch.log_softmax({t}, dim={d})",
+                  "normalize": "torch.nn.functional.normalize({t}, dim={d})"}
+
+
+@dataclass(frozen=True)
+class V:
+    """An emitted value: Python code (usually a variable), its axis labels and its flavour.
+
+    kind: "tensor"; "num" (a Python literal); "py" (a Python int/bool such as an int parameter or a size).
+    ell: the value carries the leading broadcast dims of undeclared-shape inputs.
+    """
+
+    code: str
+    labels: tuple[str, ...] = ()
+    kind: str = "tensor"
+    ell: bool = False
+
+    @property
+    def is_tensor(self) -> bool:
+        return self.kind == "tensor"
+
+
+class Emitter:
+    """Emits one loss body; `names` resolves input/parameter symbols to the variables bound in forward()."""
+
+    def __init__(self, order: list[str], size_var: Callable[[str], str],
+                 names: dict[str, V], gather_names: dict[str, str], lines: list[str]) -> None:
+        self.order = order
+        self.size_var = size_var
+        self.names = names
+        self.gather_names = gather_names  # index input -> its clamped copy used for gathers
+        self.lines = lines
+        self.memo: dict[sp.Basic, V] = {}
+        self.count = 0
+
+    # ---- helpers
+    def tmp(self, code: str, labels: tuple[str, ...], ell: bool = False) -> V:
+        self.count += 1
+        name = f"t{self.count}"
+        self.lines.append(f"{name} = {code}")
+        return V(name, labels, "tensor", ell)
+
+    def rank(self, label: str) -> tuple[int, str]:
+        return (self.order.index(label), "") if label in self.order else (1 << 30, label)
+
+    def union(self, *vals: V) -> tuple[str, ...]:
+        labels = {lab for v in vals for lab in v.labels}
+        return tuple(sorted(labels, key=self.rank))
+
+    def align(self, v: V, target: tuple[str, ...], ell: bool = False) -> str:
+        """Code for v viewed over `target` labels (permuted, with size-1 dims where v lacks a label)."""
+        if not v.is_tensor or v.labels == target:
+            return v.code
+        present = [lab for lab in target if lab in v.labels]
+        code = v.code
+        if present != list(v.labels):
+            perm = [v.labels.index(lab) for lab in present]
+            if v.ell:
+                k = len(v.labels)
+                code = f"{code}.movedim({tuple(p - k for p in perm)}, {tuple(range(-k, 0))})"
+            else:
+                code = f"{code}.permute({', '.join(map(str, perm))})"
+        slots = [":" if lab in v.labels else "None" for lab in target]
+        if not (v.ell or ell):
+            while slots and slots[0] == "None":
+                slots.pop(0)
+        if "None" in slots:
+            code = f"{code}[{', '.join(['...', *slots])}]"
+        return code
+
+    def dims(self, v: V, labels) -> str:
+        k = len(v.labels)
+        pos = [v.labels.index(lab) - (k if v.ell else 0) for lab in labels]
+        return str(pos[0]) if len(pos) == 1 else str(tuple(pos))
+
+    def sizes(self, labels) -> str:
+        return ", ".join(self.size_var(lab) for lab in labels)
+
+    def expand_to(self, v: V, target: tuple[str, ...]) -> V:
+        """Materialise missing labels by broadcasting (a view, no copy)."""
+        if not v.is_tensor:
+            if not target:
+                return self.tmp(f"torch.as_tensor({v.code}, dtype=_dt, device=_dev)", ())
+            return self.tmp(f"torch.full(({self.sizes(target)},), {v.code}, dtype=_dt, device=_dev)", target)
+        if set(target) <= set(v.labels):
+            return v
+        full = self.union(v, V("", target))
+        prefix = "*t.shape[:-{k}], ".format(k=len(v.labels)) if v.ell and v.labels else ("*t.shape, " if v.ell
+                                                                                         else "")
+        prefix = prefix.replace("t.shape", f"{v.code}.shape")
+        return self.tmp(f"{self.align(v, full, v.ell)}.expand({prefix}{self.sizes(full)})", full, v.ell)
+
+    # ---- dispatch
+    def emit(self, e: sp.Basic) -> V:
+        if e in self.memo:
+            return self.memo[e]
+        v = self._emit(e)
+        self.memo[e] = v
+        return v
+
+    def _emit(self, e: sp.Basic) -> V:
+        if e is sp.true or e is sp.false:
+            return V("True" if e is sp.true else "False", kind="py")
+        if e.is_number:
+            return V(_literal(e), kind="num")
+        if ir.is_index(e):
+            return self.tmp(f"torch.arange({self.size_var(str(e))}, device=_dev)", (str(e),))
+        if isinstance(e, sp.Symbol):
+            if e.name not in self.names:
+                raise KindError(f"internal: no value bound for '{e.name}'")
+            return self.names[e.name]
+        handler = self._handler(e)
+        return handler(e)
+
+    def _handler(self, e: sp.Basic) -> Callable[[sp.Basic], V]:
+        table: list[tuple[type | tuple, Callable]] = [
+            (ir.Size, lambda x: V(self.size_var(str(x.args[0])), kind="py")),
+            (sp.Indexed, self.indexed), (sp.Add, self.add), (sp.Mul, self.mul), (sp.Pow, self.pow),
+            (sp.Piecewise, self.piecewise), (ir._Reduction, self.reduction), (ir._Normaliser, self.normaliser),
+            (ir.At, self.at), (ir.FnCall, self.fncall), (ir.Grad, self.grad),
+            ((sp.Min, sp.Max), self.minmax), (ir.xlogy, self.xlogy),
+            (sp.core.relational.Relational, self.compare), ((sp.And, sp.Or, sp.Not), self.logic),
+            (sp.Heaviside, lambda x: self.logic_to_float(self.emit(sp.Gt(x.args[0], 0)))),
+        ]
+        for types, fn in table:
+            if isinstance(e, types):
+                return fn
+        if type(e) in FUNCS or e.func in FUNCS:
+            return self.function
+        raise KindError(f"internal: no code generation rule for {type(e).__name__}")
+
+    # ---- elementwise
+    def combine(self, vals: list[V], make: Callable[[list[str]], str]) -> V:
+        tensors = [v for v in vals if v.is_tensor]
+        if not tensors:
+            return V(f"({make([v.code for v in vals])})", kind="py" if any(v.kind == "py" for v in vals)
+                     else "num")
+        target = self.union(*tensors)
+        ell = any(v.ell for v in tensors)
+        return self.tmp(make([self.align(v, target, ell) for v in vals]), target, ell)
+
+    def add(self, e: sp.Add) -> V:
+        terms = sorted(e.args, key=lambda t: t.could_extract_minus_sign())
+        signs, vals = [], []
+        for t in terms:
+            neg = t.could_extract_minus_sign()
+            signs.append("-" if neg else "+")
+            vals.append(self.emit(-t if neg else t))
+
+        def make(codes: list[str]) -> str:
+            out = ("-" if signs[0] == "-" else "") + codes[0]
+            for sign, c in zip(signs[1:], codes[1:], strict=True):
+                out += f" {sign} {c}"
+            return out
+
+        return self.combine(vals, make)
+
+    def mul(self, e: sp.Mul) -> V:
+        coeff, rest = e.as_coeff_Mul()
+        num, den = [], []
+        for f in sp.Mul.make_args(rest):
+            if isinstance(f, sp.Pow) and f.exp.is_number and f.exp < 0:
+                den.append(self.emit(sp.Pow(f.base, -f.exp)))
+            else:
+                num.append(self.emit(f))
+        vals = num + den
+        sign = "-" if coeff == -1 else ""
+        lead = [] if coeff in (1, -1) else [V(_literal(coeff), kind="num")]
+
+        def make(codes: list[str]) -> str:
+            ncodes = [_paren(c) for c in codes[: len(num)]]
+            dcodes = [_paren(c) for c in codes[len(num):]]
+            top = " * ".join([c.code for c in lead] + ncodes) or "1.0"
+            text = f"{sign}{top}"
+            if dcodes:
+                text += " / " + (dcodes[0] if len(dcodes) == 1 else f"({' * '.join(dcodes)})")
+            return text
+
+        return self.combine(vals, make)
+
+    def pow(self, e: sp.Pow) -> V:
+        base, exp = e.args
+        if exp == sp.Rational(1, 2):
+            return self.unary("torch.sqrt", self.emit(base))
+        if exp == sp.Rational(-1, 2):
+            return self.unary("torch.rsqrt", self.emit(base))
+        if exp == -1:
+            return self.unary("torch.reciprocal", self.emit(base))
+        b, x = self.emit(base), self.emit(exp)
+        if not b.is_tensor and not x.is_tensor:
+            return V(f"({b.code} ** {x.code})", kind="num")
+        if not b.is_tensor:
+            return self.combine([b, x], lambda c: f"torch.pow(torch.as_tensor({c[0]}, dtype=_dt, device=_dev), "
+                                                  f"{c[1]})")
+        return self.combine([b, x], lambda c: f"{_paren(c[0])} ** {_paren(c[1])}")
+
+    def unary(self, fn: str, v: V) -> V:
+        if not v.is_tensor:
+            v = self.tmp(f"torch.as_tensor({v.code}, dtype=_dt, device=_dev)", ())
+        return self.tmp(f"{fn}({v.code})", v.labels, v.ell)
+
+    def function(self, e: sp.Function) -> V:
+        return self.unary(FUNCS[e.func], self.emit(e.args[0]))
+
+    def minmax(self, e: sp.Basic) -> V:
+        fn = "torch.minimum" if isinstance(e, sp.Min) else "torch.maximum"
+        vals = [self.emit(a) for a in e.args]
+        tensors = [v for v in vals if v.is_tensor]
+        scalars = [v for v in vals if not v.is_tensor]
+        if not tensors:
+            return V(f"{'min' if fn.endswith('minimum') else 'max'}({', '.join(v.code for v in vals)})", kind="num")
+        acc = tensors[0]
+        for v in tensors[1:]:
+            acc = self.combine([acc, v], lambda c: f"{fn}({c[0]}, {c[1]})")
+        for v in scalars:
+            bound = "max" if fn.endswith("minimum") else "min"
+            acc = self.tmp(f"{acc.code}.clamp({bound}={v.code})", acc.labels, acc.ell)
+        return acc
+
+    def xlogy(self, e: sp.Basic) -> V:
+        vals = [self.emit(a) for a in e.args]
+        if not vals[0].is_tensor and not vals[1].is_tensor:
+            vals[0] = self.tmp(f"torch.as_tensor({vals[0].code}, dtype=_dt, device=_dev)", ())
+        return self.combine(vals, lambda c: f"torch.xlogy({c[0]}, {c[1]})")
+
+    # ---- conditions
+    def compare(self, e: sp.Basic) -> V:
+        op = COMPARE[type(e)]
+        return self.combine([self.emit(e.lhs), self.emit(e.rhs)], lambda c: f"{_paren(c[0])} {op} {_paren(c[1])}")
+
+    def logic(self, e: sp.Basic) -> V:
+        vals = [self.emit(a) for a in e.args]
+        if all(not v.is_tensor for v in vals):
+            word = {sp.And: " and ", sp.Or: " or "}.get(type(e))
+            code = f"(not {vals[0].code})" if isinstance(e, sp.Not) else f"({word.join(v.code for v in vals)})"
+            return V(code, kind="py")
+        if isinstance(e, sp.Not):
+            return self.tmp(f"~{_paren(vals[0].code)}", vals[0].labels, vals[0].ell)
+        op = " & " if isinstance(e, sp.And) else " | "
+        vals = [v if v.is_tensor else self.tmp(f"torch.as_tensor({v.code}, device=_dev)", ()) for v in vals]
+        return self.combine(vals, lambda c: op.join(_paren(x) for x in c))
+
+    def logic_to_float(self, cond: V) -> V:
+        if not cond.is_tensor:
+            return V(f"(1.0 if {cond.code} else 0.0)", kind="num")
+        return self.tmp(f"{cond.code}.to(_dt)", cond.labels, cond.ell)
+
+    def piecewise(self, e: sp.Piecewise) -> V:
+        pieces = list(e.args)
+        if len(pieces) == 2 and pieces[0].expr == 1 and pieces[1].expr == 0 and pieces[1].cond == sp.true:
+            return self.logic_to_float(self.emit(pieces[0].cond))
+        acc = self.emit(pieces[-1].expr)
+        for piece in reversed(pieces[:-1]):
+            cond, then = self.emit(piece.cond), self.emit(piece.expr)
+            acc = self.where(cond, then, acc)
+        return acc
+
+    def where(self, cond: V, a: V, b: V) -> V:
+        if not cond.is_tensor:
+            return self.combine([a, b], lambda c: f"({c[0]} if {cond.code} else {c[1]})") if (
+                a.is_tensor or b.is_tensor) else V(f"({a.code} if {cond.code} else {b.code})", kind="num")
+        if not a.is_tensor and not b.is_tensor:
+            a = self.tmp(f"torch.as_tensor({a.code}, dtype=_dt, device=_dev)", ())
+        return self.combine([cond, a, b], lambda c: f"torch.where({c[0]}, {c[1]}, {c[2]})")
+
+    # ---- reductions
+    def reduction(self, e: ir._Reduction) -> V:
+        op, idx = e.op, [str(i) for i in e.indices]
+        if ELLIPSIS in e.indices or not idx:
+            return self.reduce_all(op, self.emit(e.body))
+        if op == "sum" and e.cond == sp.true:
+            fused = self.try_einsum(e.body, idx)
+            if fused is not None:
+                return fused
+        body = self.emit(e.body)
+        if e.cond != sp.true:
+            cond = self.emit(e.cond)
+            target = self.union(body, cond, V("", tuple(idx)))
+            body = self.expand_to(body, target)
+            masked = self.where(cond, body, V(FILL[op], kind="num"))
+            if op == "mean":
+                total = self.tmp(REDUCE_CALL["sum"].format(t=masked.code, d=self.dims(masked, idx)),
+                                 tuple(x for x in masked.labels if x not in idx), masked.ell)
+                cnt = self.expand_to(cond, target)
+                count = self.tmp(f"{cnt.code}.sum(dim={self.dims(cnt, idx)})",
+                                 tuple(x for x in cnt.labels if x not in idx))
+                return self.combine([total, count], lambda c: f"{c[0]} / {c[1]}")
+            body = masked
+        body = self.expand_to(body, tuple(idx))
+        call = "torch.prod({t}, dim={d})" if op == "prod" else REDUCE_CALL[op]
+        if op == "prod" and len(idx) > 1:
+            for lab in idx:
+                body = self.tmp(call.format(t=body.code, d=self.dims(body, [lab])),
+                                tuple(x for x in body.labels if x != lab), body.ell)
+            return body
+        return self.tmp(call.format(t=body.code, d=self.dims(body, idx)),
+                        tuple(x for x in body.labels if x not in idx), body.ell)
+
+    def reduce_all(self, op: str, v: V) -> V:
+        if not v.is_tensor:
+            return v
+        call = {"sum": "{t}.sum()", "mean": "{t}.mean()", "prod": "{t}.prod()", "max": "{t}.amax()",
+                "min": "{t}.amin()", "logsumexp": "torch.logsumexp({t}.flatten(), dim=0)",
+                "norm": "torch.linalg.vector_norm({t})"}[op]
+        return self.tmp(call.format(t=v.code), ())
+
+    def try_einsum(self, body: sp.Basic, idx: list[str]) -> V | None:
+        """sum_k of a product whose factors share k → one einsum (matmul), never the outer product."""
+        if not isinstance(body, sp.Mul):
+            return None
+        coeff, rest = body.as_coeff_Mul()
+        factors = sp.Mul.make_args(rest)
+        inner = [f for f in factors if any(str(s) in idx for s in f.free_symbols)]
+        outer = [f for f in factors if f not in inner]
+        if len(inner) < 2:
+            return None
+        vals = [self.emit(f) for f in inner]
+        if any(not v.is_tensor or v.ell for v in vals) or any(
+                lab not in {x for v in vals for x in v.labels} for lab in idx):
+            return None
+        labels = self.union(*vals)
+        letters = _letters(labels)
+        out = tuple(lab for lab in labels if lab not in idx)
+        spec = ",".join("".join(letters[x] for x in v.labels) for v in vals) + "->" + "".join(letters[x] for x in out)
+        result = self.tmp(f"torch.einsum({spec!r}, {', '.join(v.code for v in vals)})", out)
+        extra = sp.Mul(coeff, *outer)
+        if extra == 1:
+            return result
+        ev = self.emit(extra)
+        return self.combine([ev, result], lambda c: f"{_paren(c[0])} * {c[1]}")
+
+    def normaliser(self, e: ir._Normaliser) -> V:
+        lab = str(e.index)
+        body = self.expand_to(self.emit(e.body), (lab,))
+        return self.tmp(NORMALISE_CALL[e.op].format(t=body.code, d=self.dims(body, [lab])), body.labels, body.ell)
+
+    # ---- indexing
+    def indexed(self, e: sp.Indexed) -> V:
+        src = self.names[e.base.name]
+        return self.access(src, list(e.indices))
+
+    def at(self, e: ir.At) -> V:
+        body, axes, values = e.args
+        src = self.emit(body)
+        lookup = dict(zip((str(a) for a in axes), values, strict=True))
+        slots = [lookup.get(lab, ir.index_symbol(lab)) for lab in src.labels]
+        return self.access(src, slots)
+
+    def access(self, src: V, slots: list[sp.Basic]) -> V:
+        """src read at one slot per axis: a distinct index renames; constants, repeats and gathers index."""
+        if all(ir.is_index(s) for s in slots) and len(set(slots)) == len(slots):
+            return V(src.code, tuple(str(s) for s in slots), src.kind, src.ell)
+        gathers = {k: self.gather_index(s) for k, s in enumerate(slots) if not ir.is_index(s) and not s.is_Integer}
+        fast = self.try_gather(src, slots, gathers)
+        if fast is not None:
+            return fast
+        names = [str(s) for s in slots if ir.is_index(s)]
+        shared = {lab for v in gathers.values() for lab in v.labels}
+        plain = [k for k, s in enumerate(slots) if ir.is_index(s) and names.count(str(s)) == 1
+                 and str(s) not in shared]
+        adv = [k for k in range(len(slots)) if k not in plain]
+        if adv and adv != list(range(adv[0], adv[-1] + 1)):
+            plain, adv = [], list(range(len(slots)))
+        if not gathers and len(set(names)) == len(names):
+            parts = [str(int(s)) if not ir.is_index(s) else ":" for s in slots]
+            return self.tmp(f"{src.code}[{', '.join((['...'] if src.ell else []) + parts)}]",
+                            tuple(str(s) for s in slots if ir.is_index(s)), src.ell)
+        adv_vals = [gathers.get(k) or (V(str(int(slots[k])), kind="num") if slots[k].is_Integer
+                                       else self.emit(slots[k])) for k in adv]
+        r_adv = self.union(*adv_vals)
+        parts = [":" if k in plain else self.align(adv_vals[adv.index(k)], r_adv) for k in range(len(slots))]
+        labels = ([str(slots[k]) for k in plain if k < adv[0]] + list(r_adv)
+                  + [str(slots[k]) for k in plain if k > adv[-1]])
+        return self.tmp(f"{src.code}[{', '.join((['...'] if src.ell else []) + parts)}]", tuple(labels), src.ell)
+
+    def gather_index(self, s: sp.Basic) -> V:
+        if isinstance(s, sp.Indexed) and s.base.name in self.gather_names:
+            v = self.emit(s)
+            return V(self.gather_names[s.base.name] if v.code == s.base.name else v.code, v.labels)
+        v = self.emit(s)
+        if v.ell:
+            raise KindError(f"gathering with {s} needs its axes declared")
+        return v
+
+    def try_gather(self, src: V, slots: list[sp.Basic], gathers: dict[int, V]) -> V | None:
+        """One gathered axis whose index is laid over the other axes → `Tensor.gather` (cheap backward)."""
+        if len(gathers) != 1 or src.ell or any(s.is_Integer for s in slots):
+            return None
+        (p, g), = gathers.items()
+        others = [str(s) for k, s in enumerate(slots) if k != p]
+        if not others or len(set(others)) != len(others) or not set(g.labels) <= set(others):
+            return None
+        perm = [g.labels.index(x) for x in others if x in g.labels]
+        base = g.code if perm == sorted(perm) else f"{g.code}.permute({', '.join(map(str, perm))})"
+        view = [":" if x in g.labels else "None" for x in others]
+        view.insert(p, "None")
+        shape = [self.size_var(x) for x in others]
+        shape.insert(p, "1")
+        idx = f"{base}[{', '.join(view)}].expand({', '.join(shape)})"
+        return self.tmp(f"{src.code}.gather({p}, {idx}).squeeze({p})", tuple(others))
+
+    # ---- calls
+    def fncall(self, e: ir.FnCall) -> V:
+        f, args, labels = e.args
+        vals = [self.emit(a) for a in args]
+        fn = self.names[str(f)].code
+        if any(v.labels for v in vals):
+            raise KindError("pass whole inputs to a function (label its result: f(x)[n])")
+        out = self.tmp(f"{fn}({', '.join(v.code for v in vals)})", tuple(str(x) for x in labels),
+                       ell=not labels)
+        return out
+
+    def grad(self, e: ir.Grad) -> V:
+        wrt = self.emit(e.args[1])
+        if not wrt.is_tensor or not wrt.code.isidentifier():
+            raise KindError("grad(e, x) differentiates with respect to an input or intermediate tensor")
+        self.lines.append(f"if not {wrt.code}.requires_grad:")
+        self.lines.append(f"    {wrt.code} = {wrt.code}.detach().requires_grad_(True)")
+        out = self.emit(e.args[0])
+        total = out.code if not out.is_tensor else f"{out.code}.sum()"
+        return self.tmp(f"torch.autograd.grad({total}, {wrt.code}, create_graph=True)[0]", wrt.labels, wrt.ell)
+
+
+def _letters(labels: tuple[str, ...]) -> dict[str, str]:
+    """einsum letters that echo the index names where possible (i, j, d rather than a, b, c)."""
+    out: dict[str, str] = {}
+    for lab in labels:
+        first = lab.lstrip("*")[:1]
+        pick = first if first.isascii() and first.isalpha() and first not in out.values() else None
+        out[lab] = pick or next(c for c in string.ascii_letters if c not in out.values())
+    return out
+
+
+def _literal(e: sp.Basic) -> str:
+    if e.is_Integer:
+        return f"{int(e)}.0" if abs(int(e)) < 1 << 53 else repr(float(e))
+    value = float(e)
+    return repr(value) if value == value and abs(value) != float("inf") else f"float('{value}')"
+
+
+def _paren(code: str) -> str:
+    if code.isidentifier() or code.replace(".", "", 1).isdigit():
+        return code
+    depth = 0
+    for ch in code:
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        if depth == 0 and ch in " +-*/<>=&|~":
+            return f"({code})"
+    return code

@@ -1,0 +1,238 @@
+"""The IR: SymPy expressions plus a handful of explicit tensor nodes.
+
+Scalar algebra is plain SymPy. What SymPy has no notion of is spelled as Function subclasses that the
+passes and the code generator understand structurally:
+
+* tensor inputs and parameters with axes are `Indexed(IndexedBase(name), idx...)`; an index is an integer
+  `Symbol`, a group `*s` is the Symbol named `*s`, a gather puts an expression (e.g. `y[n]`) in a slot;
+* reductions `Sum_`, `Mean_`, ... hold (body, Tuple(indices), condition);
+* `Softmax`, `LogSoftmax`, `Normalize` hold (body, index) and keep that index free;
+* `At(body, Tuple(axes), Tuple(values))` evaluates `body` and then reads it at `axes = values` (a diagonal,
+  a constant position or a gather of an intermediate);
+* `Size(i)` is the size of index i's axis; `FnCall` and `Grad` are the opaque calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy as sp
+from sympy.codegen.cfunctions import expm1, log1p  # noqa: F401 - re-exported for the front end
+
+
+class sigmoid(sp.Function):  # noqa: N801 - lower-case like sympy's own functions
+    def fdiff(self, argindex=1):
+        return sigmoid(self.args[0]) * (1 - sigmoid(self.args[0]))
+
+
+class softplus(sp.Function):  # noqa: N801
+    def fdiff(self, argindex=1):
+        return sigmoid(self.args[0])
+
+
+class logsigmoid(sp.Function):  # noqa: N801
+    def fdiff(self, argindex=1):
+        return sigmoid(-self.args[0])
+
+
+class relu(sp.Function):  # noqa: N801
+    def fdiff(self, argindex=1):
+        return sp.Heaviside(self.args[0], 0)
+
+
+class xlogy(sp.Function):  # noqa: N801
+    """x*log(y), defined as 0 where x == 0 (torch.xlogy)."""
+
+    def fdiff(self, argindex=1):
+        x, y = self.args
+        return sp.log(y) if argindex == 1 else x / y
+
+
+class _Tensor(sp.Function):
+    """Base of the structural nodes: never auto-evaluated, printed readably."""
+
+    is_commutative = True
+    is_real = True
+
+
+class _Reduction(_Tensor):
+    nargs = 3
+    op = ""
+
+    @property
+    def body(self) -> sp.Expr:
+        return self.args[0]
+
+    @property
+    def indices(self) -> tuple[sp.Symbol, ...]:
+        return tuple(self.args[1])
+
+    @property
+    def cond(self) -> sp.Basic:
+        return self.args[2]
+
+    def _sympystr(self, printer) -> str:
+        idx = ", ".join(str(i) for i in self.indices)
+        cond = "" if self.cond == sp.true else f" | {printer.doprint(self.cond)}"
+        return f"{self.op}_{{{idx}{cond}}}({printer.doprint(self.body)})"
+
+    def _latex(self, printer) -> str:
+        idx = ",".join(sp.latex(i).replace("*", "") for i in self.indices)
+        if self.cond != sp.true:
+            idx += r":\," + printer.doprint(self.cond)
+        sym = {"sum": r"\sum", "prod": r"\prod", "mean": r"\operatorname{mean}", "max": r"\max",
+               "min": r"\min", "logsumexp": r"\operatorname{logsumexp}", "norm": r"\operatorname{norm}"}[self.op]
+        body = printer.doprint(self.body)
+        if self.op == "norm":
+            return rf"\left\| {body} \right\|_{{{idx}}}"
+        return rf"{sym}_{{{idx}}} \left({body}\right)"
+
+
+def _reduction(name: str) -> type[_Reduction]:
+    return type(f"{name.capitalize()}_", (_Reduction,), {"op": name})
+
+
+Sum_ = _reduction("sum")
+Mean_ = _reduction("mean")
+Prod_ = _reduction("prod")
+Max_ = _reduction("max")
+Min_ = _reduction("min")
+LogSumExp_ = _reduction("logsumexp")
+Norm_ = _reduction("norm")
+REDUCTIONS: dict[str, type[_Reduction]] = {c.op: c for c in (Sum_, Mean_, Prod_, Max_, Min_, LogSumExp_, Norm_)}
+
+
+class _Normaliser(_Tensor):
+    nargs = 2
+    op = ""
+
+    @property
+    def body(self) -> sp.Expr:
+        return self.args[0]
+
+    @property
+    def index(self) -> sp.Symbol:
+        return self.args[1]
+
+    def _sympystr(self, printer) -> str:
+        return f"{self.op}_{self.index}({printer.doprint(self.body)})"
+
+    def _latex(self, printer) -> str:
+        op = self.op.replace("_", "\\_")
+        return rf"\operatorname{{{op}}}_{{{sp.latex(self.index)}}}\left({printer.doprint(self.body)}\right)"
+
+
+class Softmax(_Normaliser):
+    op = "softmax"
+
+
+class LogSoftmax(_Normaliser):
+    op = "log_softmax"
+
+
+class Normalize(_Normaliser):
+    op = "normalize"
+
+
+NORMALISERS: dict[str, type[_Normaliser]] = {c.op: c for c in (Softmax, LogSoftmax, Normalize)}
+
+
+class At(_Tensor):
+    """body read at axes = values (diagonal, constant position or gather)."""
+
+    nargs = 3
+
+    def _sympystr(self, printer) -> str:
+        body, axes, values = self.args
+        pos = ", ".join(f"{a}={printer.doprint(v)}" for a, v in zip(axes, values, strict=True))
+        return f"({printer.doprint(body)})[{pos}]"
+
+
+class Size(_Tensor):
+    """The size of an index's axis (`C` for index `c`)."""
+
+    nargs = 1
+    is_integer = True
+    is_positive = True
+
+    def _sympystr(self, printer) -> str:
+        return str(self.args[0]).lstrip("*").upper()
+
+    def _latex(self, printer) -> str:
+        return str(self.args[0]).lstrip("*").upper()
+
+
+class FnCall(_Tensor):
+    """f(args...) for an `fn` input; `labels` names the result's axes (empty: unlabeled broadcast)."""
+
+    nargs = 3
+
+    def _sympystr(self, printer) -> str:
+        f, args, labels = self.args
+        text = f"{f}({', '.join(printer.doprint(a) for a in args)})"
+        return text + (f"[{', '.join(map(str, labels))}]" if labels else "")
+
+
+class Grad(_Tensor):
+    """d(sum of e)/d(wrt), kept in the autograd graph (create_graph=True)."""
+
+    nargs = 2
+
+    def _sympystr(self, printer) -> str:
+        return f"grad({printer.doprint(self.args[0])}, {printer.doprint(self.args[1])})"
+
+
+def index_symbol(name: str) -> sp.Symbol:
+    """Index symbols are the only non-negative integer symbols (int parameters are plain integers)."""
+    return sp.Symbol(name, integer=True, nonnegative=True)
+
+
+def is_index(e: sp.Basic) -> bool:
+    return isinstance(e, sp.Symbol) and e.is_integer is True and e.is_nonnegative is True
+
+
+@dataclass
+class Input:
+    name: str
+    axes: tuple[str, ...] | None  # index names ("*s" for a group); None = undeclared broadcast shape
+    kind: str = "real"
+    kind_arg: str | None = None
+
+    @property
+    def is_integral(self) -> bool:
+        return self.kind in ("index", "int", "count")
+
+
+@dataclass
+class Param:
+    name: str
+    axes: tuple[str, ...] | None
+    type: str | None  # None (float), "int", "bool", "learnable"
+    default: float | int | bool | None
+    constraint: tuple[str, tuple[float, ...]] | None = None
+
+
+@dataclass
+class LossIR:
+    """A checked loss: the SymPy expression of one element of the loss, over its free (batch) indices."""
+
+    name: str
+    inputs: list[Input]
+    params: list[Param]
+    expr: sp.Expr
+    free: tuple[str, ...]  # batch indices, in canonical order
+    broadcast: bool  # whether undeclared-shape inputs make a leading broadcast shape
+    reduce_mode: str | None = None  # None (the user's reduction), "weighted", "batchmean", "sum", "mean", "none"
+    reduce_weight: sp.Expr | None = None
+    axis_of: dict[str, str] = field(default_factory=dict)  # index name -> canonical axis name
+    sizes_from: dict[str, tuple[str, int]] = field(default_factory=dict)  # axis -> (tensor, position)
+    sentinels: dict[str, list[str | int]] = field(default_factory=dict)  # index input -> allowed values
+    doc: str | None = None
+    source: str = ""
+    statements: list[tuple[str, sp.Expr]] = field(default_factory=list)  # for display only
+
+    def input(self, name: str) -> Input | None:
+        return next((i for i in self.inputs if i.name == name), None)
+
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.params if p.name == name), None)
