@@ -12,6 +12,18 @@ from .errors import (
     UnknownNameError,
 )
 
-__all__ = ["Loss", "compile", "load", "parse", "LossError", "LossSyntaxError", "UnknownNameError", "ScopeError",
-           "KindError", "ShapeError", "ParameterError", "InputError"]
+__all__ = [
+    "InputError",
+    "KindError",
+    "Loss",
+    "LossError",
+    "LossSyntaxError",
+    "ParameterError",
+    "ScopeError",
+    "ShapeError",
+    "UnknownNameError",
+    "compile",
+    "load",
+    "parse",
+]
 __version__ = "0.1.0"

@@ -10,7 +10,7 @@ from pathlib import Path
 import sympy as sp
 import torch
 
-from . import ir
+from . import ir, passes
 from . import syntax as s
 from .codegen import class_name, generate
 from .errors import InputError, LossError, ParameterError, UnknownNameError, did_you_mean
@@ -111,7 +111,7 @@ def _check_type(p: ir.Param, value) -> None:
 def _build_class(source: str, name: str) -> type[torch.nn.Module]:
     """Executes the code generator's own output (never user text directly) and returns the class."""
     namespace: dict = {"__name__": f"lossdsl.generated.{name}"}
-    exec(builtins.compile(source, f"<lossdsl:{name}>", "exec"), namespace)  # noqa: S102 - generated, validated source
+    exec(builtins.compile(source, f"<lossdsl:{name}>", "exec"), namespace)
     cls = namespace[name]
     cls.error = InputError
     cls.param_error = ParameterError
@@ -192,7 +192,7 @@ def _stdlib_defs() -> dict[str, s.LossDef]:
 
 def _lower(d: s.LossDef, defs: list[s.LossDef]) -> Loss:
     try:
-        return Loss(lower(d, _lookup_factory(defs)))
+        return Loss(passes.run(lower(d, _lookup_factory(defs))))
     except LossError as err:
         raise err.with_source(d.source) from None
 
@@ -217,7 +217,7 @@ def load(path_or_text: str | Path) -> dict[str, Loss]:
     return {d.name: _lower(d, defs) for d in defs}
 
 
-def compile(text: str, *, reduction: str | None = None, inputs: Sequence[str] | None = None,  # noqa: A001
+def compile(text: str, *, reduction: str | None = None, inputs: Sequence[str] | None = None,
             validate: bool = True, **params) -> torch.nn.Module:
     """Compile a formula or a `.loss` text (its last loss) into an nn.Module with the given parameters."""
     defs = _defs(text)
@@ -234,4 +234,4 @@ def compile(text: str, *, reduction: str | None = None, inputs: Sequence[str] | 
     return module
 
 
-__all__ = ["Loss", "parse", "load", "compile", "InputError"]
+__all__ = ["InputError", "Loss", "compile", "load", "parse"]

@@ -106,7 +106,7 @@ class SourceBuilder:
             lines.append(f"        self.size_{a} = {a}")
         for p in loss.params:
             lines += self.param_init(p)
-        return lines + [""]
+        return [*lines, ""]
 
     def param_init(self, p: ir.Param) -> list[str]:
         if p.type == "int":
@@ -354,4 +354,4 @@ def generate(loss: ir.LossIR) -> str:
     return SourceBuilder(loss).build()
 
 
-__all__ = ["generate", "class_name", "_literal"]
+__all__ = ["_literal", "class_name", "generate"]

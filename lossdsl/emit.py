@@ -118,7 +118,7 @@ class Emitter:
         if set(target) <= set(v.labels):
             return v
         full = self.union(v, V("", target))
-        prefix = "*t.shape[:-{k}], ".format(k=len(v.labels)) if v.ell and v.labels else ("*t.shape, " if v.ell
+        prefix = f"*t.shape[:-{len(v.labels)}], " if v.ell and v.labels else ("*t.shape, " if v.ell
                                                                                          else "")
         prefix = prefix.replace("t.shape", f"{v.code}.shape")
         return self.tmp(f"{self.align(v, full, v.ell)}.expand({prefix}{self.sizes(full)})", full, v.ell)

@@ -475,11 +475,15 @@ def check_param_value(p: ir.Param, value, span=None) -> None:
     except ImportError:  # pragma: no cover
         values = [value]
     for v in values:
-        ok = {">": lambda: v > bounds[0], ">=": lambda: v >= bounds[0], "<": lambda: v < bounds[0],
-              "<=": lambda: v <= bounds[0], "in": lambda: bounds[0] <= v <= bounds[1]}[op]()
-        if not ok:
+        if not _satisfies(v, op, bounds):
             text = f"in [{bounds[0]}, {bounds[1]}]" if op == "in" else f"{op} {bounds[0]}"
             raise ParameterError(f"parameter '{p.name}' = {v} violates its constraint {p.name} {text}", span)
+
+
+def _satisfies(v: float, op: str, bounds: tuple[float, ...]) -> bool:
+    if op == "in":
+        return bounds[0] <= v <= bounds[1]
+    return {">": v > bounds[0], ">=": v >= bounds[0], "<": v < bounds[0], "<=": v <= bounds[0]}[op]
 
 
 def find_sentinels(expr: sp.Basic, inputs: dict[str, ir.Input]) -> dict[str, list]:

@@ -230,6 +230,7 @@ class LossIR:
     doc: str | None = None
     source: str = ""
     statements: list[tuple[str, sp.Expr]] = field(default_factory=list)  # for display only
+    notes: list[dict] = field(default_factory=list)  # what passes did (rule name, where, before/after)
 
     def input(self, name: str) -> Input | None:
         return next((i for i in self.inputs if i.name == name), None)
