@@ -12,7 +12,7 @@ import torch
 
 from . import ir, passes
 from . import syntax as s
-from .codegen import class_name, generate
+from .codegen import class_name, generate, size_keywords
 from .errors import InputError, LossError, ParameterError, UnknownNameError, did_you_mean
 from .frontend import CONSTANTS, ELEMENTWISE, check_param_value, lower
 from .parser import parse_text
@@ -75,9 +75,8 @@ class Loss:
         return _build_class(self._source, self.class_name)
 
     def axis_keywords(self) -> list[str]:
-        fixed = {self.ir.axis_of.get(a, a) for i in self.inputs if i.axes for a in i.axes}
-        canon = {self.ir.axis_of.get(a, a) for a in self.ir.axis_of}
-        return sorted(a for a in canon if a not in fixed and not a.startswith("*"))
+        """Axis sizes the module accepts by keyword (axes no input fixes, axes of learnable parameters)."""
+        return size_keywords(self.ir)
 
     def compile(self, *, reduction: str | None = None, validate: bool = True, **params) -> torch.nn.Module:
         """Build the nn.Module with the given parameter values (and sizes of axes no input fixes)."""

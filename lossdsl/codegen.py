@@ -68,6 +68,11 @@ class SourceBuilder:
         fixed = {self.canon(a) for i in self.loss.inputs if i.axes for a in i.axes}
         return [a for a in self.axes_needed() if a not in fixed and not a.startswith("*")]
 
+    def size_keywords(self) -> list[str]:
+        """Unbound axes, plus axes of learnable parameters (so they can be created before the first call)."""
+        learn = {self.canon(a) for p in self.loss.params if p.type == "learnable" for a in p.axes or ()}
+        return [a for a in self.axes_needed() if a in learn or a in self.unbound_axes()]
+
     # ---- source
     def build(self) -> str:
         loss = self.loss
@@ -94,7 +99,7 @@ class SourceBuilder:
             args.append(p.name if p.default is None else f"{p.name}={_default_literal(p)}")
         args.append("*")
         args.append("reduction=None")
-        args += [f"{a}=None" for a in self.unbound_axes()]
+        args += [f"{a}=None" for a in self.size_keywords()]
         args.append("validate=True")
         lines = [f"    def __init__({', '.join(args)}):", "        super().__init__()",
                  "        reduction = self.default_reduction if reduction is None else reduction",
@@ -102,7 +107,7 @@ class SourceBuilder:
                  "            raise self.param_error(f\"reduction must be 'mean', 'sum', 'none' or 'batchmean', "
                  "got {reduction!r}\")",
                  "        self.reduction = reduction", "        self.validate = validate"]
-        for a in self.unbound_axes():
+        for a in self.size_keywords():
             lines.append(f"        self.size_{a} = {a}")
         for p in loss.params:
             lines += self.param_init(p)
@@ -114,13 +119,11 @@ class SourceBuilder:
         if p.type == "bool":
             return [f"        self.{p.name} = bool({p.name})"]
         if p.type == "learnable":
-            unbound = self.unbound_axes()
             shape = [f"self.size_{self.canon(a)}" for a in p.axes or ()]
             if not shape:
                 return [f"        self.{p.name} = torch.nn.Parameter(torch.as_tensor({p.name}, "
                         "dtype=torch.get_default_dtype()).clone())"]
-            known = " and ".join(f"{s} is not None" for s in shape) if all(
-                self.canon(a) in unbound for a in p.axes) else "False"
+            known = " and ".join(f"{s} is not None" for s in shape)
             return [f"        if isinstance({p.name}, torch.Tensor) and {p.name}.dim() == {len(shape)}:",
                     f"            self.{p.name} = torch.nn.Parameter({p.name}.detach().clone())",
                     f"        elif {known}:",
@@ -348,6 +351,10 @@ def _value_code(x) -> str:
 
 def is_safe_identifier(name: str) -> bool:
     return name.isidentifier() and not keyword.iskeyword(name)
+
+
+def size_keywords(loss: ir.LossIR) -> list[str]:
+    return SourceBuilder(loss).size_keywords()
 
 
 def generate(loss: ir.LossIR) -> str:

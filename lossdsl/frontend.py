@@ -156,12 +156,21 @@ class Lowerer:
                     raise ScopeError("only `reduce mean` can be `weighted by`", reduce_stmt.span)
                 mode, weight = "weighted", self.expr(reduce_stmt.value)
         self.broadcast = self.broadcast or _has_unlabeled(result)
+        self.check_tied(result)
         return ir.LossIR(
             name=self.d.name, inputs=list(self.inputs.values()), params=list(self.params.values()),
             expr=result, free=tuple(free), broadcast=self.broadcast, reduce_mode=mode, reduce_weight=weight,
             axis_of={n: self.axes.find(n) for n in self.axes.order}, sizes_from=self.sizes_from,
             sentinels=find_sentinels(result, self.inputs), doc=self.d.doc, source=self.d.source,
             statements=self.statements)
+
+    def check_tied(self, result: sp.Expr) -> None:
+        """Every index must range over some tensor's axis, or its size is unknowable."""
+        tied = {self.axes.find(a) for d in (*self.inputs.values(), *self.params.values()) for a in d.axes or ()}
+        for sym in sorted(result.atoms(sp.Symbol), key=str):
+            if ir.is_index(sym) and sym != ELLIPSIS and self.axes.find(str(sym)) not in tied:
+                raise ScopeError(f"index '{sym}' does not range over any input's axis: index a tensor with it, "
+                                 f"as in x[{sym}]", self.d.span)
 
     def canonical(self, names: list[str]) -> list[str]:
         return sorted(names, key=lambda n: self.axes.order.index(n) if n in self.axes.order else 1 << 30)
@@ -410,12 +419,15 @@ class Lowerer:
     def reduction(self, e: s.Call, op: str, items: list[s.RedItem]) -> sp.Expr:
         if len(e.args) != 1 or e.kwargs:
             raise KindError(f"{op}_{{...}}() takes one expression, got {len(e.args)}", e.span)
+        was_known = {it.index: self.axes.known(str(self.idx(it.index, it.group))) for it in items}
+        for it in items:  # bound names may be used as values inside the body: [c != k]
+            self.axes.add(str(self.idx(it.index, it.group)))
         body = self.expr(e.args[0])
         free = free_indices(body)
         indices, conds = [], []
         for it in items:
             sym = self.idx(it.index, it.group)
-            if sym not in free and not self.axes.known(str(sym)):
+            if sym not in free and not was_known[it.index]:
                 known = [str(i).removeprefix(self.prefix) for i in free]
                 raise ScopeError(f"index '{it.index}' does not occur in the reduced expression"
                                  + did_you_mean(it.index, known), it.span)

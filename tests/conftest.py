@@ -1,0 +1,24 @@
+"""Shared test helpers: float64 by default, deterministic seeds, and the LANGUAGE.md examples verbatim."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+LANGUAGE_MD = Path(__file__).resolve().parents[2] / "shared" / "LANGUAGE.md"
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def grads(out: torch.Tensor, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Gradients of a scalar (or summed) output with respect to the given leaf tensors."""
+    return torch.autograd.grad(out.sum(), inputs, allow_unused=False)
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-10, atol: float = 1e-12) -> None:
+    torch.testing.assert_close(actual, expected.to(actual.dtype), rtol=rtol, atol=atol)
