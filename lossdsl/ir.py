@@ -14,6 +14,7 @@ passes and the code generator understand structurally:
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import sympy as sp
@@ -180,6 +181,21 @@ class Grad(_Tensor):
 
     def _sympystr(self, printer) -> str:
         return f"grad({printer.doprint(self.args[0])}, {printer.doprint(self.args[1])})"
+
+
+def _fold_outside_tensors(fold):
+    """SymPy folds a Piecewise out of any function's arguments when it sits in a condition
+    (`[sum_m([l[m] > l[n]]) < k]`); through a reduction that moves a bound index out of its scope and changes
+    the meaning. The structural nodes are opaque: a Piecewise inside one stays there."""
+
+    def piecewise_fold(expr, evaluate=True):
+        return expr if isinstance(expr, _Tensor) else fold(expr, evaluate)
+
+    return piecewise_fold
+
+
+_piecewise_module = sys.modules["sympy.functions.elementary.piecewise"]
+_piecewise_module.piecewise_fold = _fold_outside_tensors(_piecewise_module.piecewise_fold)
 
 
 def index_symbol(name: str) -> sp.Symbol:
