@@ -235,13 +235,22 @@ def _syntax_error(err: UnexpectedInput, text: str) -> LossSyntaxError:
     elif isinstance(err, UnexpectedToken):
         tok = err.token
         shown = "end of line" if tok.type == "_NL" else repr(str(tok))
-        expected = sorted(n for n in err.expected if not n.startswith("_") and n.isupper())[:8]
+        expected = sorted({_describe_terminal(n) for n in err.expected if not n.startswith("_")})[:8]
         msg = f"unexpected {shown}" + (f"; expected one of {', '.join(expected)}" if expected else "")
     elif isinstance(err, UnexpectedCharacters):
         msg = f"unexpected character {text_at(text, line, col)!r}"
     else:  # pragma: no cover - lark has no other UnexpectedInput kinds today
         msg = str(err)
     return LossSyntaxError(msg, Span(line, col, line, col + 1), text)
+
+
+def _describe_terminal(name: str) -> str:
+    """'(' rather than LPAR: users read symbols, not token names."""
+    words = {"NAME": "a name", "NUMBER": "a number", "STRING": "a string", "CMP": "a comparison", "POW": "'^'"}
+    if name in words:
+        return words[name]
+    term = next((t for t in _lark().terminals if t.name == name), None)
+    return repr(term.pattern.value) if term is not None and term.pattern.type == "str" else name.lower()
 
 
 def text_at(text: str, line: int, col: int) -> str:
