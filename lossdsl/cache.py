@@ -1,0 +1,126 @@
+"""Disk cache of the pipeline's results, so a second process skips parsing tables, SymPy work and codegen.
+
+Entries are pickles keyed by a SHA-256 of what determines them: the caller's parts (the loss text and
+declarations) plus `fingerprint()`, which covers the lossdsl version, the generator's own source files
+(every `lossdsl/*.py`, the grammar) and the stdlib texts a loss may inline. Editing any of them changes
+every key, so a stale entry is never read; nothing is ever invalidated in place.
+
+The directory is `$LOSSDSL_CACHE_DIR`, else `$XDG_CACHE_HOME/lossdsl`, else `~/.cache/lossdsl`;
+`LOSSDSL_CACHE=0` turns the cache off. Writes are atomic (temp file + rename), so concurrent processes
+at worst both compute an entry; an unreadable entry counts as a miss.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import pickle
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+PACKAGE_DIR = Path(__file__).parent
+ROOT = PACKAGE_DIR.parent
+
+
+def cache_dir() -> Path:
+    explicit = os.environ.get("LOSSDSL_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "lossdsl"
+
+
+def enabled() -> bool:
+    return os.environ.get("LOSSDSL_CACHE", "1").lower() not in ("0", "false", "off", "no")
+
+
+@functools.cache
+def fingerprint() -> str:
+    """Hash of everything besides the caller's key parts that can change a pipeline result."""
+    from . import __version__
+
+    h = hashlib.sha256(__version__.encode())
+    files = [*sorted(PACKAGE_DIR.glob("*.py")), *sorted((ROOT / "grammar").glob("*.lark")),
+             *sorted((ROOT / "stdlib").glob("*.loss"))]
+    for path in files:
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def key(*parts: str) -> str:
+    h = hashlib.sha256(fingerprint().encode())
+    for part in parts:
+        h.update(b"\0" + part.encode())
+    return h.hexdigest()
+
+
+def entry_path(k: str, kind: str = "ir") -> Path:
+    return cache_dir() / kind / k[:2] / f"{k}.pkl"
+
+
+def load(k: str, kind: str = "ir") -> object | None:
+    """The cached value, or None on a miss (absent, unreadable or written by an incompatible version)."""
+    path = entry_path(k, kind)
+    try:
+        with path.open("rb") as f:
+            return pickle.load(f)
+    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, TypeError, ValueError):
+        return None
+
+
+def store(k: str, value: object, kind: str = "ir") -> bool:
+    """Writes atomically; a value that cannot be pickled or a read-only disk just means no caching."""
+    path = entry_path(k, kind)
+    try:
+        data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except (OSError, pickle.PicklingError, TypeError, AttributeError):
+        return False
+    return True
+
+
+def memo(parts: tuple[str, ...], build: Callable[[], T], kind: str = "ir") -> T:
+    """build() once per distinct `parts` (and fingerprint) across processes."""
+    if not enabled():
+        return build()
+    k = key(*parts)
+    hit = load(k, kind)
+    if hit is not None:
+        return hit  # type: ignore[return-value]
+    value = build()
+    store(k, value, kind)
+    return value
+
+
+def lark_path(grammar: str) -> str | None:
+    """Where Lark keeps its analysed grammar tables (they cost ~0.2 s to rebuild); None when off."""
+    if not enabled():
+        return None
+    import lark
+
+    digest = hashlib.sha256(f"{lark.__version__}\0{grammar}".encode()).hexdigest()[:32]
+    path = cache_dir() / "lark" / f"{digest}.lark"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return str(path)
+
+
+def clear() -> int:
+    """Removes every entry (not the directory's other contents); returns how many were removed."""
+    removed = 0
+    for kind in ("ir", "lark"):
+        for path in (cache_dir() / kind).rglob("*"):
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed
