@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import functools
+import importlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import sympy as sp
 import torch
 
-from . import ir, passes
+from . import cache, ir, passes
 from . import syntax as s
 from .codegen import class_name, generate, size_keywords
 from .errors import InputError, LossError, ParameterError, UnknownNameError, did_you_mean
@@ -78,8 +80,11 @@ class Loss:
         """Axis sizes the module accepts by keyword (axes no input fixes, axes of learnable parameters)."""
         return size_keywords(self.ir)
 
-    def compile(self, *, reduction: str | None = None, validate: bool = True, **params) -> torch.nn.Module:
-        """Build the nn.Module with the given parameter values (and sizes of axes no input fixes)."""
+    def compile(self, *, reduction: str | None = None, validate: bool = True, mode: str = "eager",
+                **params) -> torch.nn.Module:
+        """Build the nn.Module with the given parameter values (and sizes of axes no input fixes).
+
+        mode: "eager" (the generated module), "fused" or "compiled" (see `build_mode`)."""
         known = {p.name: p for p in self.parameters}
         sizes = self.axis_keywords()
         for key in params:
@@ -94,7 +99,19 @@ class Loss:
                 check_param_value(p, params[p.name])
         if reduction not in (None, "mean", "sum", "none", "batchmean"):
             raise ParameterError(f"reduction must be 'mean', 'sum', 'none' or 'batchmean', got {reduction!r}")
-        return self.module_class()(**params, reduction=reduction, validate=validate)
+        if mode not in MODES:
+            raise ParameterError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
+        return build_mode(mode, self, self.module_class()(**params, reduction=reduction, validate=validate))
+
+
+MODES = ("eager", "fused", "compiled")
+
+
+def build_mode(mode: str, loss: Loss, module: torch.nn.Module) -> torch.nn.Module:
+    """The single mode dispatch: lossdsl/<mode>.py's `build(loss, eager_module)` wraps the eager module."""
+    if mode == "eager":
+        return module
+    return importlib.import_module(f".{mode}", __package__).build(loss, module)
 
 
 def _check_type(p: ir.Param, value) -> None:
@@ -190,10 +207,19 @@ def _stdlib_defs() -> dict[str, s.LossDef]:
 
 
 def _lower(d: s.LossDef, defs: list[s.LossDef]) -> Loss:
+    """Lowered, passed and generated once per (definition, file) across processes: see cache.py."""
     try:
-        return Loss(passes.run(lower(d, _lookup_factory(defs))))
+        parts = (repr(d), d.source, *sorted({x.source for x in defs}))
+        return cache.memo(parts, lambda: _lower_fresh(d, defs))
     except LossError as err:
         raise err.with_source(d.source) from None
+
+
+def _lower_fresh(d: s.LossDef, defs: list[s.LossDef]) -> Loss:
+    loss = Loss(passes.run(lower(d, _lookup_factory(defs))))
+    with contextlib.suppress(LossError):
+        loss.to_source()  # generated now so that the cache entry holds it
+    return loss
 
 
 def parse(text: str, *, inputs: Sequence[str] | None = None, params: Sequence[str] = ()) -> Loss:
@@ -217,7 +243,7 @@ def load(path_or_text: str | Path) -> dict[str, Loss]:
 
 
 def compile(text: str, *, reduction: str | None = None, inputs: Sequence[str] | None = None,
-            validate: bool = True, **params) -> torch.nn.Module:
+            validate: bool = True, mode: str = "eager", **params) -> torch.nn.Module:
     """Compile a formula or a `.loss` text (its last loss) into an nn.Module with the given parameters."""
     defs = _defs(text)
     if not defs:
@@ -228,7 +254,7 @@ def compile(text: str, *, reduction: str | None = None, inputs: Sequence[str] | 
     elif inputs is not None:
         raise ParameterError("inputs= applies to one-line formulas; a loss file declares its inputs")
     loss = _lower(d, defs)
-    module = loss.compile(reduction=reduction, validate=validate, **params)
+    module = loss.compile(reduction=reduction, validate=validate, mode=mode, **params)
     module.loss = loss
     return module
 

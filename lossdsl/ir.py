@@ -89,8 +89,9 @@ class _Reduction(_Tensor):
         return rf"{sym}_{{{idx}}} \left({body}\right)"
 
 
-def _reduction(name: str) -> type[_Reduction]:
-    return type(f"{name.capitalize()}_", (_Reduction,), {"op": name})
+def _reduction(name: str, cls: str | None = None) -> type[_Reduction]:
+    """cls: the module-level name, which pickle (the disk cache) finds the class by."""
+    return type(cls or f"{name.capitalize()}_", (_Reduction,), {"op": name})
 
 
 Sum_ = _reduction("sum")
@@ -98,7 +99,7 @@ Mean_ = _reduction("mean")
 Prod_ = _reduction("prod")
 Max_ = _reduction("max")
 Min_ = _reduction("min")
-LogSumExp_ = _reduction("logsumexp")
+LogSumExp_ = _reduction("logsumexp", "LogSumExp_")
 Norm_ = _reduction("norm")
 REDUCTIONS: dict[str, type[_Reduction]] = {c.op: c for c in (Sum_, Mean_, Prod_, Max_, Min_, LogSumExp_, Norm_)}
 

@@ -10,6 +10,7 @@ from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from . import syntax as s
+from .cache import lark_path
 from .errors import LossSyntaxError, Span
 
 GREEK = {"α": "alpha", "β": "beta", "γ": "gamma", "δ": "delta", "ε": "epsilon", "λ": "lambda",
@@ -43,8 +44,10 @@ class _BracketNewlines:
 
 @functools.cache
 def _lark() -> Lark:
-    return Lark(_grammar_path().read_text(encoding="utf-8"), start=["file", "formula"], parser="lalr",
-                postlex=_BracketNewlines(), propagate_positions=True, maybe_placeholders=True)
+    """The LALR tables are cached on disk (cache.lark_path): building them costs ~0.2 s a process."""
+    grammar = _grammar_path().read_text(encoding="utf-8")
+    return Lark(grammar, start=["file", "formula"], parser="lalr", postlex=_BracketNewlines(),
+                propagate_positions=True, maybe_placeholders=True, cache=lark_path(grammar) or False)
 
 
 def normalize_name(name: str) -> str:
