@@ -1,5 +1,6 @@
 """lossdsl: loss functions written as mathematics, compiled to fast, numerically safe PyTorch."""
 
+from . import stdlib
 from .api import Loss, compile, load, parse
 from .errors import (
     InputError,
@@ -25,5 +26,6 @@ __all__ = [
     "compile",
     "load",
     "parse",
+    "stdlib",
 ]
 __version__ = "0.1.0"
