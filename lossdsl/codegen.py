@@ -66,6 +66,7 @@ class SourceBuilder:
     def unbound_axes(self) -> list[str]:
         """Axes no input fixes: their sizes come from shaped parameters or keywords."""
         fixed = {self.canon(a) for i in self.loss.inputs if i.axes for a in i.axes}
+        fixed |= {self.canon(str(lab)) for call in self.loss.expr.atoms(ir.FnCall) for lab in call.args[2]}
         return [a for a in self.axes_needed() if a not in fixed and not a.startswith("*")]
 
     def size_keywords(self) -> list[str]:
@@ -154,7 +155,9 @@ class SourceBuilder:
         for i in tensor_inputs:
             self.validate_input(i)
         names = self.bind_names(floats)
-        em = Emitter(self.order, self.size_var, names, {i: f"{i}_ix" for i in loss.sentinels}, self.lines)
+        known = set(self.bound) | set(self.size_keywords())
+        em = Emitter(self.order, self.size_var, names, {i: f"{i}_ix" for i in loss.sentinels}, self.lines,
+                     lambda label: self.canon(label) in known)
         result = em.emit(loss.expr)
         weight = em.emit(loss.reduce_weight) if loss.reduce_weight is not None else None
         self.finish(em, result, weight)
@@ -325,7 +328,7 @@ class SourceBuilder:
             return var
         parts = [f"*{self.shape_var(f)}" if f.startswith("*") else self.size_var(f) for f in free]
         lead = f"*{var}.shape[:{var}.dim() - {len(free)}], " if self.loss.broadcast else ""
-        return f"{var}.reshape({lead}{', '.join(parts)})"
+        return f"{var}.reshape(({lead}{', '.join(parts)},))"  # a tuple: a group of no axes leaves ()
 
 
 def _default_literal(p: ir.Param) -> str:
