@@ -315,7 +315,12 @@ class SourceBuilder:
         w("    return out.sum()")
         w("if self.reduction == 'batchmean':")
         w(f"    return out.sum() / {self.batch_size()}")
-        w("return out.sum() / wsum" if weight is not None else "return out.mean()")
+        if weight is None:
+            w("return out.mean()")
+            return
+        w("# like torch: a zero total weight gives nan, with a zero (not nan) gradient")
+        w("empty = wsum == 0")
+        w("return torch.where(empty, torch.full_like(wsum, float('nan')), out.sum() / torch.where(empty, 1.0, wsum))")
 
     def batch_size(self) -> str:
         first = next((i for i in self.loss.inputs if i.kind != "fn"), None)

@@ -28,6 +28,8 @@ FUNCS: dict[type, str] = {
 COMPARE = {sp.Eq: "==", sp.Ne: "!=", sp.Lt: "<", sp.Le: "<=", sp.Gt: ">", sp.Ge: ">="}
 FILL = {"sum": "0.0", "mean": "0.0", "norm": "0.0", "prod": "1.0", "max": "-float('inf')",
         "min": "float('inf')", "logsumexp": "-float('inf')"}
+IDENTITY = {"sum": "0.0", "norm": "0.0", "prod": "1.0", "mean": "float('nan')", "max": "-float('inf')",
+            "min": "float('inf')", "logsumexp": "-float('inf')"}
 REDUCE_CALL = {"sum": "{t}.sum(dim={d})", "mean": "{t}.mean(dim={d})", "max": "{t}.amax(dim={d})",
                "min": "{t}.amin(dim={d})", "logsumexp": "torch.logsumexp({t}, dim={d})",
                "norm": "torch.linalg.vector_norm({t}, dim={d})"}
@@ -57,12 +59,14 @@ class Emitter:
     """Emits one loss body; `names` resolves input/parameter symbols to the variables bound in forward()."""
 
     def __init__(self, order: list[str], size_var: Callable[[str], str],
-                 names: dict[str, V], gather_names: dict[str, str], lines: list[str]) -> None:
+                 names: dict[str, V], gather_names: dict[str, str], lines: list[str],
+                 is_bound: Callable[[str], bool] = lambda label: True) -> None:
         self.order = order
         self.size_var = size_var
         self.names = names
         self.gather_names = gather_names  # index input -> its clamped copy used for gathers
         self.lines = lines
+        self.is_bound = is_bound  # whether an axis size is already known (else a call's result fixes it)
         self.memo: dict[sp.Basic, V] = {}
         self.count = 0
 
@@ -299,6 +303,8 @@ class Emitter:
     # ---- reductions
     def reduction(self, e: ir._Reduction) -> V:
         op, idx = e.op, [str(i) for i in e.indices]
+        if e.cond == sp.false:  # SymPy decided the condition never holds (k < 0): the reduction's identity
+            return V(IDENTITY[op], kind="num")
         if ELLIPSIS in e.indices or not idx:
             return self.reduce_all(op, self.emit(e.body))
         if op == "sum" and e.cond == sp.true:
@@ -435,13 +441,36 @@ class Emitter:
     # ---- calls
     def fncall(self, e: ir.FnCall) -> V:
         f, args, labels = e.args
-        vals = [self.emit(a) for a in args]
+        vals = [self.user_layout(self.emit(a)) for a in args]
         fn = self.names[str(f)].code
-        if any(v.labels for v in vals):
-            raise KindError("pass whole inputs to a function (label its result: f(x)[n])")
-        out = self.tmp(f"{fn}({', '.join(v.code for v in vals)})", tuple(str(x) for x in labels),
+        out = self.tmp(f"{fn}({', '.join(vals)})", tuple(str(x) for x in labels),
                        ell=not labels)
+        if labels:
+            self.lines.append(f"if {out.code}.dim() != {len(labels)}:")
+            self.lines.append(f"    raise self.error(f\"{fn}(...) returned shape {{tuple({out.code}.shape)}}, "
+                              f"labelled with {len(labels)} axes ({', '.join(map(str, labels))})\")")
+        for pos, lab in enumerate(labels):
+            var = self.size_var(str(lab))
+            if self.is_bound(str(lab)):
+                self.lines.append(f"if {out.code}.shape[{pos}] != {var}:")
+                self.lines.append(f"    raise self.error(f\"{fn}(...) axis {pos} ({lab}) has size "
+                                  f"{{{out.code}.shape[{pos}]}}, expected {{{var}}}\")")
+            else:
+                self.lines.append(f"{var} = {out.code}.shape[{pos}]")
         return out
+
+    def user_layout(self, v: V) -> str:
+        """A tensor as its user sees it: axes in declaration order, `*group` axes restored to their shape."""
+        if not v.is_tensor or not v.labels:
+            return v.code
+        labels = tuple(sorted(v.labels, key=self.rank))
+        code = self.align(v, labels, v.ell)
+        if any(lab.startswith("*") for lab in labels):
+            lead = f"*{code}.shape[:{code}.dim() - {len(labels)}], " if v.ell else ""
+            dims = ", ".join(f"*G_{lab.lstrip('*')}" if lab.startswith("*") else self.size_var(lab)
+                             for lab in labels)
+            code = self.tmp(f"{_paren(code)}.reshape({lead}{dims})", ()).code
+        return code
 
     def grad(self, e: ir.Grad) -> V:
         wrt = self.emit(e.args[1])

@@ -15,7 +15,7 @@ import sympy as sp
 from . import ir
 from . import syntax as s
 from .errors import KindError, LossError, ParameterError, ScopeError, ShapeError, UnknownNameError, did_you_mean
-from .scope import ELLIPSIS, Axes, free_indices, rename
+from .scope import ELLIPSIS, Axes, free_indices, fresh, rename
 
 KINDS = ("real", "logits", "prob", "binary", "sign", "int", "index", "count", "positive", "fn")
 PARAM_TYPES = ("int", "bool", "learnable")
@@ -59,10 +59,12 @@ class Lowerer:
         self.sizes_from: dict[str, tuple[str, int]] = {}
         self.broadcast = False
         self.statements: list[tuple[str, sp.Expr]] = []
+        self.alias: dict[str, str] = {}  # reduction-local index names → fresh names (bound variables are local)
         self.declare()
 
     # ---- header
     def idx(self, name: str, group: bool = False) -> sp.Symbol:
+        name = self.alias.get(name, name) if not group else name
         return ir.index_symbol(("*" if group else "") + self.prefix + name)
 
     def declare(self) -> None:
@@ -156,7 +158,8 @@ class Lowerer:
                     raise ScopeError("only `reduce mean` can be `weighted by`", reduce_stmt.span)
                 mode, weight = "weighted", self.expr(reduce_stmt.value)
         self.broadcast = self.broadcast or _has_unlabeled(result)
-        self.check_tied(result)
+        if not self.prefix:  # an inlined callee's indices are checked by its caller
+            self.check_tied(result)
         return ir.LossIR(
             name=self.d.name, inputs=list(self.inputs.values()), params=list(self.params.values()),
             expr=result, free=tuple(free), broadcast=self.broadcast, reduce_mode=mode, reduce_weight=weight,
@@ -167,6 +170,7 @@ class Lowerer:
     def check_tied(self, result: sp.Expr) -> None:
         """Every index must range over some tensor's axis, or its size is unknowable."""
         tied = {self.axes.find(a) for d in (*self.inputs.values(), *self.params.values()) for a in d.axes or ()}
+        tied |= {self.axes.find(str(lab)) for call in result.atoms(ir.FnCall) for lab in call.args[2]}
         for sym in sorted(result.atoms(sp.Symbol), key=str):
             if ir.is_index(sym) and sym != ELLIPSIS and self.axes.find(str(sym)) not in tied:
                 raise ScopeError(f"index '{sym}' does not range over any input's axis: index a tensor with it, "
@@ -417,6 +421,18 @@ class Lowerer:
         return self.reduction(e, op, list(e.red_items or ()))
 
     def reduction(self, e: s.Call, op: str, items: list[s.RedItem]) -> sp.Expr:
+        """A reduction binds its indices locally: `k` in two sums may range over two different axes."""
+        declared = {a for d in (*self.inputs.values(), *self.params.values()) for a in d.axes or ()}
+        saved = dict(self.alias)
+        for it in items:
+            if not it.group and str(self.idx(it.index)) not in declared and it.index not in self.values:
+                self.alias[it.index] = fresh(ir.index_symbol(it.index)).name
+        try:
+            return self.bound_reduction(e, op, items)
+        finally:
+            self.alias = saved
+
+    def bound_reduction(self, e: s.Call, op: str, items: list[s.RedItem]) -> sp.Expr:
         if len(e.args) != 1 or e.kwargs:
             raise KindError(f"{op}_{{...}}() takes one expression, got {len(e.args)}", e.span)
         was_known = {it.index: self.axes.known(str(self.idx(it.index, it.group))) for it in items}
@@ -472,7 +488,17 @@ class Lowerer:
                 child.values[name] = (sp.sympify(p.default), ())
         sub = child.lower()
         self.broadcast = self.broadcast or sub.broadcast
+        self.adopt_axes(child.axes, back)
         return rename(sub.expr, back)
+
+    def adopt_axes(self, other: Axes, back: dict[sp.Symbol, sp.Symbol]) -> None:
+        """Carry an inlined callee's axis equalities over to this loss, in this loss's index names."""
+        names = {str(k): str(v) for k, v in back.items()}
+        for name in other.order:
+            mine, root = names.get(name, name), names.get(other.find(name), other.find(name))
+            self.axes.add(mine)
+            self.axes.add(root)
+            self.axes.union(root, mine)
 
 
 def check_param_value(p: ir.Param, value, span=None) -> None:

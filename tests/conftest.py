@@ -21,4 +21,4 @@ def grads(out: torch.Tensor, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-10, atol: float = 1e-12) -> None:
-    torch.testing.assert_close(actual, expected.to(actual.dtype), rtol=rtol, atol=atol)
+    torch.testing.assert_close(actual, expected.to(actual.dtype), rtol=rtol, atol=atol, equal_nan=True)

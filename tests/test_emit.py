@@ -1,0 +1,152 @@
+"""One test per row of LANGUAGE.md's expression table: the compiled value and gradient against torch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lossdsl
+from tests.conftest import assert_close, grads
+
+D = torch.float64
+
+
+def X(n: int = 3, c: int = 4) -> torch.Tensor:
+    return torch.randn(n, c, dtype=D).requires_grad_()
+
+
+def Y(n: int = 3, c: int = 4) -> torch.Tensor:
+    return torch.randint(0, c, (n,))
+
+
+ROWS = {
+    "arithmetic": ("loss a(x[n, c]):\n    sum_c(-(x + 1) * x / 2 - x^2 ** 1 + 2^-1)", lambda x, y: (
+        -(x + 1) * x / 2 - x**2 + 0.5).sum(1)),
+    "power_right_assoc_unary": ("loss a(x[n, c]):\n    sum_c(-x^2 + 2^x^2)",
+                                lambda x, y: (-(x**2) + 2 ** (x**2)).sum(1)),
+    "conditions": ("loss a(x[n, c]):\n    sum_c([x > 0 and not x > 1 or x <= -2] + [x != 0.5] * [x >= 0] * [x == x])",
+                   lambda x, y: ((((x > 0) & ~(x > 1)) | (x <= -2)).to(D) + ((x != 0.5) & (x >= 0)).to(D)).sum(1)),
+    "iverson_onehot": ("loss a(x[n, c], y[n]: index(c)):\n    sum_c([c == y] * x)",
+                       lambda x, y: x.gather(1, y[:, None])[:, 0]),
+    "choice": ("loss a(x[n, c]):\n    sum_c((x if x > 0 else 2*x) + where(x < 1, x^2, 1))",
+               lambda x, y: (torch.where(x > 0, x, 2 * x) + torch.where(x < 1, x**2, 1.0)).sum(1)),
+    "abs_bars": ("loss a(x[n, c]):\n    sum_c(|x - 1| + abs(x))", lambda x, y: ((x - 1).abs() + x.abs()).sum(1)),
+    "index_gather_const": ("loss a(x[n, c], y[n]: index(c)):\n    x[n, y] - x[n, 0] + x[n, c]",
+                           lambda x, y: x.gather(1, y[:, None]) - x[:, :1] + x),
+    "elementwise": ("loss a(x[n, c]):\n    sum_c(exp(x) + log(x*x) + sqrt(x*x) + abs(x) + sign(x) + sin(x) + cos(x)"
+                    " + tanh(x) + cosh(x) + sinh(x) + acos(x/10) + sigmoid(x) + logsigmoid(x) + softplus(x)"
+                    " + relu(x) + log1p(x*x) + expm1(x) + erf(x))",
+                    lambda x, y: (x.exp() + torch.log(x * x) + (x * x).sqrt() + 2 * x.abs() + x.sign() + x.sin()
+                                  + x.cos() + x.tanh() + x.cosh() + x.sinh() + torch.acos(x / 10) + x.sigmoid()
+                                  + F.logsigmoid(x) + F.softplus(x) + x.relu() + torch.log1p(x * x) + torch.expm1(x)
+                                  + torch.erf(x)).sum(1) - x.abs().sum(1)),
+    "two_three_args": ("loss a(x[n, c]):\n    sum_c(min(x, 0.5) + max(x, -x) + clamp(x, -1, 1) + xlogy(x*x, x*x))",
+                       lambda x, y: (x.clamp(max=0.5) + torch.maximum(x, -x) + x.clamp(-1, 1)
+                                     + torch.xlogy(x * x, x * x)).sum(1)),
+    "reductions": ("loss a(x[n, c]):\n    sum_c(x) + mean_c(x) + prod_c(x) + max_c(x) + min_c(x) + logsumexp_c(x)"
+                   " + norm_c(x)",
+                   lambda x, y: x.sum(1) + x.mean(1) + x.prod(1) + x.amax(1) + x.amin(1) + torch.logsumexp(x, 1)
+                   + x.norm(dim=1)),
+    "several_indices": ("loss a(x[n, c]):\n    sum_{n, c}(x) * x[n, 0]", lambda x, y: x.sum() * x[:, 0]),
+    "condition_on_index": ("loss a(x[n, c]):\n    sum_{k != n}(x[k, 0]) + prod_{k <= c}(x[n, k])[n, 1]",
+                           lambda x, y: x[:, 0].sum() - x[:, 0] + torch.cumprod(x, 1)[:, 1]),
+    "pairwise_mask": ("loss a(x[n, c]):\n    sum_{c, k}([c != k] * x[n, c] * x[n, k])",
+                      lambda x, y: x.sum(1) ** 2 - (x * x).sum(1)),
+    "whole": ("loss a(x[n, c]):\n    sum(x) + mean(x) * max(x) - min(x)",
+              lambda x, y: x.sum() + x.mean() * x.max() - x.min()),
+    "normalisers": ("loss a(x[n, c]):\n    sum_c(softmax_c(x) * log_softmax_c(x) + normalize_c(x) * x)",
+                    lambda x, y: (torch.softmax(x, 1) * torch.log_softmax(x, 1) + F.normalize(x, dim=1) * x).sum(1)),
+    "axis_size": ("loss a(x[n, c]):\n    sum_c(x) / C + N", lambda x, y: x.sum(1) / x.shape[1] + x.shape[0]),
+    "greek_and_sigma": ("loss a(x[n, c]; α = 2.0, τ = 0.5):\n    Σ_c(alpha * x) / tau + ∑_c(x)",
+                        lambda x, y: 5 * x.sum(1)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROWS))
+def test_expression_table_row(name: str) -> None:
+    src, ref_fn = ROWS[name]
+    x, y = X(), Y()
+    out = lossdsl.compile(src, reduction="none")(x, y) if "y[n]" in src else lossdsl.compile(
+        src, reduction="none")(x)
+    ref = ref_fn(x, y)
+    assert_close(out, ref.expand_as(out))
+    assert out.requires_grad == ref.requires_grad
+    if ref.requires_grad:
+        assert_close(grads(out, x)[0], grads(ref.expand_as(out), x)[0])
+
+
+def test_empty_condition_set_gives_the_reduction_identity() -> None:
+    src = "loss a(x[n, c]):\n    sum_{k < 0}(x[k, 0]) + prod_{k < 0}(x[k, 0]) * x[n, 0]"
+    x = X()
+    out = lossdsl.compile(src, reduction="none")(x)
+    assert_close(out, x[:, 0])
+    mean = lossdsl.compile("loss a(x[n, c]):\n    mean_{k < 0}(x[k, 0]) * x[n, 0]", reduction="none")(X())
+    assert torch.isnan(mean).all()
+    others = "loss a(x[n, c]):\n    sum_{k != n}(x[k, 0]) + prod_{k != n}(x[k, 1]) + max_{k != n}(x[k, 1])"
+    single = lossdsl.compile(others, reduction="none")(X(1, 4))  # one sample: every set {k != n} is empty
+    assert single.tolist() == [-float("inf")]  # the mean of nothing is undefined, as torch.mean of an empty tensor
+
+
+def test_grad_and_fn_calls() -> None:
+    critic = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).double()
+    src = "loss gp(x[n, d], f: fn):\n    g = grad(f(x), x)\n    (norm_d(g) - 1)^2 + f(x)[n, k][n, 0]"
+    x = torch.randn(5, 3, dtype=D)
+    out = lossdsl.compile(src, reduction="none")(x, critic)
+    xr = x.clone().requires_grad_()
+    (g,) = torch.autograd.grad(critic(xr).sum(), xr, create_graph=True)
+    assert_close(out, (g.norm(dim=1) - 1) ** 2 + critic(x)[:, 0])
+
+
+def test_calls_of_other_losses_inline_their_formula() -> None:
+    src = """
+loss sq(a, b; w = 1):
+    w * (a - b)^2
+
+loss pair(x[n, c], y[n, c]):
+    sum_c(sq(x, y, w = 3) + sq(x, 0))
+"""
+    x, y = X(), torch.randn(3, 4, dtype=D)
+    out = lossdsl.compile(src, reduction="none")(x, y)
+    assert_close(out, (3 * (x - y) ** 2 + x**2).sum(1))
+
+
+def test_params_broadcast_along_their_axis() -> None:
+    src = "loss a(x[n, c]; w[c] = 2):\n    sum_c(w * x)"
+    x = X()
+    assert_close(lossdsl.compile(src, reduction="none")(x), 2 * x.sum(1))
+    w = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=D)
+    assert_close(lossdsl.compile(src, reduction="none", w=w)(x), (w * x).sum(1))
+    with pytest.raises(lossdsl.InputError, match="parameter 'w' has shape"):
+        lossdsl.compile(src, w=torch.ones(3))(x)
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(0, 5), c=st.integers(1, 6), red=st.sampled_from(["mean", "sum", "none", "batchmean"]))
+def test_reductions_over_random_shapes(n: int, c: int, red: str) -> None:
+    x = torch.randn(n, c, dtype=D)
+    out = lossdsl.compile("loss a(x[n, c]):\n    logsumexp_c(x) - x[n, 0]", reduction=red)(x)
+    per = torch.logsumexp(x, 1) - x[:, 0]
+    ref = {"mean": per.mean(), "sum": per.sum(), "none": per, "batchmean": per.sum() / max(n, 1)}[red]
+    torch.testing.assert_close(out, ref, equal_nan=True)
+
+
+def test_reduce_lines_weighted_and_batchmean() -> None:
+    src = "loss kl(lp[n, c], t[n, c]):\n    sum_c(t * (log(t) - lp))\n    reduce batchmean"
+    lp, t = torch.log_softmax(torch.randn(4, 3, dtype=D), 1), torch.softmax(torch.randn(4, 3, dtype=D), 1)
+    assert_close(lossdsl.compile(src)(lp, t), F.kl_div(lp, t, reduction="batchmean"))
+    w = "loss a(x[n], w[n]):\n    x * w\n    reduce mean weighted by w"
+    x, wt = torch.randn(5, dtype=D), torch.rand(5, dtype=D)
+    assert_close(lossdsl.compile(w)(x, wt), (x * wt).sum() / wt.sum())
+    assert_close(lossdsl.compile(w, reduction="sum")(x, wt), (x * wt).sum())
+
+
+def test_pairwise_similarity_lowers_to_one_einsum() -> None:
+    src = "loss sim(a[i, d], b[j, d]):\n    s[i, j] = sum_d(a[i, d] * b[j, d])\n    logsumexp_j(s) - s[i, i]"
+    text = lossdsl.parse(src).to_source()
+    assert text.count("torch.einsum('id,jd->ij'") == 1
+    a, b = X(5, 3), torch.randn(5, 3, dtype=D)
+    out = lossdsl.compile(src, reduction="none")(a, b)
+    assert_close(out, F.cross_entropy(a @ b.T, torch.arange(5), reduction="none"))
