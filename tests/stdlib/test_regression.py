@@ -1,0 +1,58 @@
+"""stdlib/regression.loss against plain-torch references (float64), edge cases and extreme inputs."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from lossdsl import stdlib
+
+from .helpers import assert_finite, check, low_precision
+
+
+def test_rmse_matches_reference() -> None:
+    x, y = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    check(stdlib.rmse_loss(), lambda a, b: torch.sqrt(F.mse_loss(a, b) + 1e-8), x, y)
+    check(stdlib.rmse_loss(eps=0.0), lambda a, b: torch.sqrt(F.mse_loss(a, b)), x, y)
+
+
+def test_rmse_is_a_scalar_whatever_the_reduction() -> None:
+    x, y = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    assert stdlib.rmse_loss(reduction="none")(x, y).shape == ()
+
+
+def test_rmse_exact_prediction_has_finite_gradient() -> None:
+    x = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    out = stdlib.rmse_loss()(x, x.detach())
+    assert math.isclose(out.item(), 1e-4)
+    assert torch.equal(torch.autograd.grad(out, x)[0], torch.zeros_like(x))
+
+
+@low_precision
+def test_rmse_extreme_inputs(dtype: torch.dtype) -> None:
+    assert_finite(stdlib.rmse_loss(), torch.tensor([100.0, -100.0, 0.0]), torch.tensor([-100.0, 100.0, 0.0]),
+                  dtype=dtype)
+
+
+def ref_log_cosh(x, y):
+    return torch.log(torch.cosh(x - y)).mean()
+
+
+def test_log_cosh_matches_the_formula() -> None:
+    x, y = torch.randn(6, dtype=torch.float64) * 4, torch.randn(6, dtype=torch.float64)
+    check(stdlib.log_cosh_loss(), ref_log_cosh, x, y)
+
+
+def test_log_cosh_limits() -> None:
+    small = stdlib.log_cosh_loss(reduction="none")(torch.tensor([1e-3], dtype=torch.float64), torch.zeros(1))
+    assert math.isclose(small.item(), 0.5e-6, rel_tol=1e-6)
+    big = stdlib.log_cosh_loss()(torch.tensor([1000.0], dtype=torch.float64), torch.zeros(1))  # cosh overflows
+    assert math.isclose(big.item(), 1000 - math.log(2), rel_tol=1e-12)
+
+
+@low_precision
+def test_log_cosh_extreme_inputs(dtype: torch.dtype) -> None:
+    assert_finite(stdlib.log_cosh_loss(), torch.tensor([1e4, -1e4, 0.0]), torch.tensor([-1e4, 0.0, 0.0]),
+                  dtype=dtype)
