@@ -5,7 +5,10 @@ from __future__ import annotations
 import builtins
 import contextlib
 import functools
+import hashlib
 import importlib
+import sys
+import types
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -125,10 +128,14 @@ def _check_type(p: ir.Param, value) -> None:
 
 @functools.lru_cache(maxsize=256)
 def _build_class(source: str, name: str) -> type[torch.nn.Module]:
-    """Executes the code generator's own output (never user text directly) and returns the class."""
-    namespace: dict = {"__name__": f"lossdsl.generated.{name}"}
-    exec(builtins.compile(source, f"<lossdsl:{name}>", "exec"), namespace)
-    cls = namespace[name]
+    """Executes the code generator's own output (never user text directly) and returns the class.
+
+    The namespace is a module registered in sys.modules under a name unique to the source, because
+    torch.compile (Dynamo) re-imports a function's module by its `__name__` to read its globals."""
+    module = types.ModuleType(f"lossdsl.generated.{name}_{hashlib.sha256(source.encode()).hexdigest()[:16]}")
+    sys.modules[module.__name__] = module
+    exec(builtins.compile(source, f"<lossdsl:{name}>", "exec"), module.__dict__)
+    cls = module.__dict__[name]
     cls.error = InputError
     cls.param_error = ParameterError
     cls.__lossdsl_source__ = source
