@@ -12,10 +12,12 @@ from .errors import (
     ShapeError,
     UnknownNameError,
 )
+from .latex_in import LatexError, from_latex
 
 __all__ = [
     "InputError",
     "KindError",
+    "LatexError",
     "Loss",
     "LossError",
     "LossSyntaxError",
@@ -24,6 +26,7 @@ __all__ = [
     "ShapeError",
     "UnknownNameError",
     "compile",
+    "from_latex",
     "load",
     "parse",
     "stdlib",
