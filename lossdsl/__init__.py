@@ -2,6 +2,7 @@
 
 from . import stdlib
 from .api import Loss, compile, load, parse
+from .verify import verify
 from .errors import (
     InputError,
     KindError,
@@ -29,6 +30,7 @@ __all__ = [
     "from_latex",
     "load",
     "parse",
+    "verify",
     "stdlib",
 ]
 __version__ = "0.1.0"

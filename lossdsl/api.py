@@ -83,6 +83,12 @@ class Loss:
         """Axis sizes the module accepts by keyword (axes no input fixes, axes of learnable parameters)."""
         return size_keywords(self.ir)
 
+    def grad(self, wrt: str, *, reduction: str | None = None):
+        """The symbolic gradient of the reduced loss with respect to input (or parameter) `wrt`."""
+        from .gradient import derive
+
+        return derive(self.ir, wrt, reduction)
+
     def compile(self, *, reduction: str | None = None, validate: bool = True, mode: str = "eager",
                 **params) -> torch.nn.Module:
         """Build the nn.Module with the given parameter values (and sizes of axes no input fixes).
