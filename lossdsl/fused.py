@@ -1,0 +1,209 @@
+"""Fused mode: a loss module whose backward is the compiled symbolic gradient.
+
+The forward runs the ordinary generated module without recording a graph; the autograd.Function saves
+only the inputs. Backward runs a second generated module (`GradientBuilder`, the same code generator and
+emitter, so forward sub-expressions the gradient needs are recomputed once and shared) that returns the
+vector-Jacobian product for each input and learnable parameter that needs one. Temporaries are deleted
+after their last use, so backward holds little more than the inputs and the gradients it returns.
+
+`build(loss, module)` is the mode hook of `Loss.compile(mode="fused")`; `build_fused(loss, **params)` is the
+same for callers holding a Loss. Losses with `fn` calls or `grad(...)` have no symbolic gradient: their
+module is returned unchanged (autograd mode).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+
+import sympy as sp
+import torch
+
+from . import ir
+from .codegen import SourceBuilder, class_name
+from .emit import Emitter, V
+from .gradient import BATCH, GRAD_OUT, NUMEL, Gradient, derive, effective_reduction
+
+_TMP = re.compile(r"\bt\d+\b")
+
+
+class GradientBuilder(SourceBuilder):
+    """Generates `forward(inputs..., [grad_out])` returning the gradients, bound like the loss's forward."""
+
+    def __init__(self, loss: ir.LossIR, grads: list[Gradient], vjp: bool) -> None:
+        axis_of = dict(loss.axis_of)
+        for g in grads:
+            axis_of.update(g.axis_of)
+        super().__init__(dataclasses.replace(loss, name=f"{loss.name}_grad", expr=sp.Integer(0),
+                                             reduce_weight=None, axis_of=axis_of))
+        self.grads, self.vjp = grads, vjp
+
+    def bind_input(self, i: ir.Input) -> None:
+        if not i.is_integral:
+            self.lines.append(f"_dtype_{i.name} = {i.name}.dtype")
+        super().bind_input(i)
+
+    def forward_source(self, floats: list[ir.Param]) -> list[str]:
+        body = super().forward_source(floats)
+        if self.vjp:
+            body[0] = body[0][: -len("):")] + f", {GRAD_OUT}=None):"
+        return _free_temporaries(body)
+
+    def finish(self, em: Emitter, result: V, weight: V | None) -> None:
+        self.bind_reduction_symbols(em)
+        outs = [self.shaped(em, g) for g in self.grads]
+        self.lines.append(f"return ({', '.join(outs)},)" if self.vjp else f"return {outs[0]}")
+
+    def bind_reduction_symbols(self, em: Emitter) -> None:
+        w = self.lines.append
+        free = self.loss.free
+        if self.loss.broadcast:
+            w(f"_numel_out = _numel(_bshape) * {' * '.join(self.size_var(f) for f in free) or '1'}")
+            em.names[NUMEL.name] = V("_numel_out", kind="py")
+        em.names[BATCH.name] = V(self.batch_size(), kind="py")
+        if not self.vjp:
+            return
+        if free:
+            sizes = ", ".join(self.size_var(f) for f in free)
+            lead = f"*{GRAD_OUT}.shape[:{GRAD_OUT}.dim() - {len(free)}], " if self.loss.broadcast else ""
+            w(f"_g = {GRAD_OUT}.reshape(({lead}{sizes},))")
+        else:
+            w(f"_g = torch.as_tensor({GRAD_OUT}, dtype=_dt, device=_dev)")
+        em.names[GRAD_OUT] = V("_g", tuple(free) if self.grads[0].reduction == "none" else (), "tensor",
+                               self.loss.broadcast and self.grads[0].reduction == "none")
+
+    def shaped(self, em: Emitter, g: Gradient) -> str:
+        """The gradient laid out like its input: axes in declared order, groups unflattened, same dtype."""
+        v = em.emit(g.expr)
+        name = f"grad_{g.wrt}"
+        decl = self.loss.input(g.wrt) or self.loss.param(g.wrt)
+        dtype = f"_dtype_{g.wrt}" if self.loss.input(g.wrt) else f"self.{g.wrt}.dtype"
+        if decl.axes is None:
+            full = v.code if v.is_tensor else f"torch.as_tensor({v.code}, dtype=_dt, device=_dev)"
+            shape = f"{g.wrt}.shape" if self.loss.input(g.wrt) else "()"
+            code = f"torch.broadcast_to({full}, torch.broadcast_shapes({full}.shape, {shape}))" if (
+                not self.loss.broadcast) else f"torch.broadcast_to({full}, _bshape)"
+            self.lines.append(f"{name} = {code}.sum_to_size({shape}).to({dtype})")
+            return name
+        axes = tuple(decl.axes)
+        v = em.expand_to(v, axes)
+        code = em.align(v, axes, v.ell)
+        groups = [f"*{self.shape_var(a)}" if a.startswith("*") else self.size_var(a) for a in axes]
+        if any(a.startswith("*") for a in axes):
+            code = f"{code}.reshape(({', '.join(groups)},))"
+        self.lines.append(f"{name} = {code}.to({dtype})")
+        return name
+
+
+def _free_temporaries(body: list[str]) -> list[str]:
+    """Insert `del tN` after the last top-level statement that reads tN (liveness over straight-line code)."""
+    head, lines = body[0], body[1:]
+    stmts: list[list[str]] = []
+    for line in lines:
+        if (line.startswith("        ") and not line.startswith("         ")) or not stmts:
+            stmts.append([line])
+        else:
+            stmts[-1].append(line)
+    last: dict[str, int] = {}
+    for k, st in enumerate(stmts):
+        for name in _TMP.findall("\n".join(st)):
+            last[name] = k
+    out = [head]
+    for k, st in enumerate(stmts):
+        out += st
+        dead = sorted((n for n, j in last.items() if j == k and k < len(stmts) - 1), key=lambda n: int(n[1:]))
+        if dead:
+            out.append(f"        del {', '.join(dead)}")
+    return out
+
+
+def gradient_source(loss: ir.LossIR, grads: list[Gradient], reduction: str, vjp: bool) -> str:
+    return GradientBuilder(loss, grads, vjp).build()
+
+
+def differentiable(loss: ir.LossIR) -> list[str]:
+    """Inputs and parameters a fused backward returns gradients for (in the module's argument order)."""
+    return [i.name for i in loss.inputs if not i.is_integral and i.kind != "fn"] + [
+        p.name for p in loss.params if p.type == "learnable"]
+
+
+def vjp_seed(loss: ir.LossIR, reduction: str) -> sp.Expr:
+    if reduction == "none" and loss.free:
+        return sp.Indexed(sp.IndexedBase(GRAD_OUT), *(ir.index_symbol(f) for f in loss.free))
+    return sp.Symbol(GRAD_OUT, real=True)
+
+
+@functools.lru_cache(maxsize=128)
+def _vjp_class(loss_key: int, names: tuple[str, ...], reduction: str) -> type[torch.nn.Module]:
+    loss = _LOSSES[loss_key]
+    red = effective_reduction(loss, reduction)
+    grads = [derive(loss, n, reduction, seed=vjp_seed(loss, red)) for n in names]
+    source = gradient_source(loss, grads, red, vjp=True)
+    from .api import _build_class
+
+    return _build_class(source, class_name(f"{loss.name}_grad"))
+
+
+_LOSSES: dict[int, ir.LossIR] = {}
+
+
+class _Fused(torch.autograd.Function):
+    """forward: the plain module without a graph; backward: the generated vector-Jacobian product."""
+
+    @staticmethod
+    def forward(ctx, module: torch.nn.Module, kinds: tuple, *args):
+        n = len(module.input_names)
+        out = module._lossdsl_eager_forward(*args[:n])
+        ctx.module, ctx.kinds = module, kinds
+        ctx.plain = [None if isinstance(a, torch.Tensor) else a for a in args]
+        ctx.save_for_backward(*(a for a in args if isinstance(a, torch.Tensor)))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        module, n = ctx.module, len(ctx.module.input_names)
+        saved = iter(ctx.saved_tensors)
+        args = [next(saved) if a is None else a for a in ctx.plain]
+        names = [*module.input_names, *module._lossdsl_learnable]
+        want = tuple(nm for nm, need, k in zip(names, ctx.needs_input_grad[2:], ctx.kinds, strict=True)
+                     if need and k)
+        grads = dict.fromkeys(names)
+        if want:
+            cls = _vjp_class(module._lossdsl_key, want, module.reduction)
+            device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
+            with torch.autocast(device_type=device, enabled=False):
+                grads.update(zip(want, cls.forward(module, *args[:n], grad_out=grad_out), strict=True))
+        return (None, None, *(grads[nm] for nm in names))
+
+
+@functools.lru_cache(maxsize=128)
+def _fused_class(base: type[torch.nn.Module], key: int) -> type[torch.nn.Module]:
+    loss = _LOSSES[key]
+    learnable = tuple(p.name for p in loss.params if p.type == "learnable")
+    diff = set(differentiable(loss))
+    kinds = tuple(nm in diff for nm in (*base.input_names, *learnable))
+
+    def forward(self, *args, **kwargs):
+        inputs = [*args, *(kwargs[nm] for nm in self.input_names[len(args):])]
+        params = [getattr(self, nm) for nm in learnable]
+        return _Fused.apply(self, kinds, *inputs, *params)
+
+    return type(f"{base.__name__}Fused", (base,), {
+        "forward": forward, "_lossdsl_eager_forward": base.forward, "_lossdsl_learnable": learnable,
+        "_lossdsl_key": key, "__doc__": base.__doc__})
+
+
+def build(loss, module: torch.nn.Module) -> torch.nn.Module:
+    """Turn a compiled (eager) module into its fused form, in place: same parameters, buffers and state."""
+    if any(loss.ir.expr.atoms(ir.FnCall, ir.Grad)):
+        return module  # no symbolic gradient: autograd mode
+    key = id(loss.ir)
+    _LOSSES.setdefault(key, loss.ir)
+    module.__class__ = _fused_class(type(module), key)
+    return module
+
+
+def build_fused(loss, **params) -> torch.nn.Module:
+    """`loss.compile(**params, mode="fused")` for a parsed Loss."""
+    return build(loss, loss.compile(**params))

@@ -1,0 +1,519 @@
+"""Symbolic gradients of a reduced loss, as expressions of the same IR.
+
+Reverse accumulation over the *tensor atoms* of the IR (inputs, reductions, normalisers, reads `At`):
+everything between atoms is elementwise SymPy algebra, differentiated by SymPy itself with the atoms
+standing in as real symbols (so `where`, Iverson brackets and the IR's functions differentiate readably).
+Each atom type has one reverse rule in `RULES` (a table, so a rule can be inspected or replaced): it turns
+the adjoint of the atom into the adjoint of its body. An input read `x[n, y[n]]` scatters its adjoint back
+to `x[n, c]` through an Iverson one-hot `[c == y[n]]`, which the code generator evaluates as a comparison
+with an index range (no scatter). Atoms are visited parents-first, so shared sub-expressions are
+differentiated once. Calls of `fn` inputs and `grad(...)` have no symbolic form: a loss holding one that
+depends on the input is differentiated by autograd (`Gradient.via_autograd` says so).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import sympy as sp
+from sympy.printing.latex import LatexPrinter
+from sympy.printing.str import StrPrinter
+
+from . import ir
+from .errors import UnknownNameError, did_you_mean
+from .scope import ELLIPSIS, free_indices, fresh, rename
+
+# Symbols standing for run-time quantities of the reduction; the gradient code generator binds them.
+NUMEL = sp.Symbol("numel(out)", positive=True)  # elements of a broadcast output
+BATCH = sp.Symbol("batch(out)", positive=True)  # leading size of an undeclared-shape output
+GRAD_OUT = "grad_out"  # the incoming gradient (vector-Jacobian product seed)
+ONE = sp.Integer(1)
+
+
+class NeedsAutogradError(Exception):
+    """A construct with no symbolic derivative here (fn calls, grad, mean over a broadcast shape)."""
+
+
+def iverson(cond: sp.Basic) -> sp.Expr:
+    if cond == sp.true:
+        return sp.Integer(1)
+    return sp.Piecewise((1, cond), (0, True))
+
+
+@dataclass
+class Gradient:
+    """d(reduced loss)/d wrt[axes]: an IR expression whose free indices are wrt's own axes."""
+
+    loss: ir.LossIR
+    wrt: str
+    expr: sp.Expr
+    axes: tuple[str, ...]
+    reduction: str
+    via_autograd: bool = False
+    axis_of: dict[str, str] = field(default_factory=dict)  # the loss's axes plus fresh summation indices
+
+    def head(self) -> str:
+        at = f"[{', '.join(self.axes)}]" if self.axes else ""
+        return f"d {self.loss.name}/d {self.wrt}{at}"
+
+    def __str__(self) -> str:
+        note = "   (through autograd: no symbolic form)" if self.via_autograd else ""
+        return f"{self.head()} = {show(self.expr)}{note}"
+
+    def __repr__(self) -> str:
+        return f"<Gradient {self.head()}>"
+
+    def latex(self) -> str:
+        at = f"_{{{','.join(a.lstrip('*') for a in self.axes)}}}" if self.axes else ""
+        return rf"\frac{{\partial L}}{{\partial {self.wrt}{at}}} = {_LatexIR().doprint(self.expr)}"
+
+    def _repr_latex_(self) -> str:
+        return f"$\\displaystyle {self.latex()}$"
+
+    def to_source(self) -> str:
+        """Standalone PyTorch source: a module whose forward(inputs...) returns this gradient."""
+        from .fused import gradient_source
+
+        return gradient_source(self.loss, [self], self.reduction, vjp=False)
+
+
+# ---- display
+class _StrIR(StrPrinter):
+    """SymPy's printer with Iverson brackets, `where` and plain comparisons: how the language spells them."""
+
+    def _print_Piecewise(self, e):
+        if len(e.args) == 2 and e.args[0].expr == 1 and e.args[1].expr == 0:
+            return f"[{self._print(e.args[0].cond)}]"
+        *pieces, last = e.args
+        out = self._print(last.expr)
+        for p in reversed(pieces):
+            out = f"where({self._print(p.cond)}, {self._print(p.expr)}, {out})"
+        return out
+
+    def _print_Relational(self, e):
+        op = {"==": "==", "!=": "!="}.get(e.rel_op, e.rel_op)
+        return f"{self._print(e.lhs)} {op} {self._print(e.rhs)}"
+
+
+class _LatexIR(LatexPrinter):
+    def _print_Piecewise(self, e):
+        if len(e.args) == 2 and e.args[0].expr == 1 and e.args[1].expr == 0:
+            return rf"\left[{self._print(e.args[0].cond)}\right]"
+        return super()._print_Piecewise(e)
+
+
+def show(e: sp.Basic) -> str:
+    return _StrIR().doprint(e)
+
+
+# ---- the derivation
+class Deriver:
+    """Reverse accumulation for one target (an input or a parameter) over a set of seeded roots."""
+
+    def __init__(self, loss: ir.LossIR, wrt: str) -> None:
+        self.loss = loss
+        self.axis_of = dict(loss.axis_of)
+        decl = loss.input(wrt) or loss.param(wrt)
+        self.wrt = wrt
+        self.axes = tuple(decl.axes) if decl.axes is not None else None
+        self.targets = tuple(ir.index_symbol(a) for a in self.axes or ())
+        self.adj: dict[sp.Basic, list[sp.Expr]] = {}
+        self.out: list[sp.Expr] = []
+        self._dep: dict[sp.Basic, bool] = {}
+
+    # -- structure
+    def depends(self, e: sp.Basic) -> bool:
+        if e not in self._dep:
+            if isinstance(e, sp.Indexed):
+                hit = e.base.name == self.wrt
+            elif isinstance(e, sp.Symbol):
+                hit = e.name == self.wrt and not ir.is_index(e)
+            else:
+                hit = any(self.depends(a) for a in e.args)
+            self._dep[e] = hit
+        return self._dep[e]
+
+    def atoms(self, e: sp.Basic) -> list[sp.Basic]:
+        """The outermost tensor atoms of `e` that depend on the target (elementwise algebra in between)."""
+        if not self.depends(e):
+            return []
+        if is_atom(e):
+            return [e]
+        found: list[sp.Basic] = []
+        for a in e.args:
+            for t in self.atoms(a):
+                if t not in found:
+                    found.append(t)
+        return found
+
+    def fresh(self, sym: sp.Symbol) -> sp.Symbol:
+        new = fresh(sym)
+        self.axis_of[str(new)] = self.axis_of.get(str(sym), str(sym))
+        return new
+
+    # -- accumulation
+    def push(self, e: sp.Expr, adj: sp.Expr) -> None:
+        """Hand the adjoint of elementwise expression `e` to each atom it holds (summing broadcast axes)."""
+        atoms = self.atoms(e)
+        if not atoms:
+            return
+        dummies = {a: sp.Dummy(f"a{k}", real=True) for k, a in enumerate(atoms)}
+        flat = e.xreplace(dummies)
+        back = {d: a for a, d in dummies.items()}
+        outer = [i for i in free_indices(e) if i != ELLIPSIS]
+        for a, d in dummies.items():
+            part = _clean(sp.diff(flat, d)).xreplace(back)
+            if part == 0:
+                continue
+            own = set(free_indices(a))
+            extra = [i for i in outer if i not in own]
+            self.add(a, _sum(adj * part, extra))
+
+    def add(self, atom: sp.Basic, contribution: sp.Expr) -> None:
+        self.adj.setdefault(atom, []).append(contribution)
+
+    def run(self, roots: list[tuple[sp.Expr, sp.Expr]]) -> sp.Expr:
+        for e, seed in roots:
+            self.push(e, seed)
+        for atom in self.order([a for e, _ in roots for a in self.atoms(e)]):
+            adj = sp.Add(*self.adj.pop(atom, []))
+            if adj != 0:
+                rule_for(atom)(self, atom, adj)
+        return sp.Add(*self.out)
+
+    def order(self, starts: list[sp.Basic]) -> list[sp.Basic]:
+        """Atoms parents-first: every contribution to an atom arrives before its rule runs."""
+        post: list[sp.Basic] = []
+        seen: set = set()
+
+        def visit(a: sp.Basic) -> None:
+            if a in seen:
+                return
+            seen.add(a)
+            for child in children(self, a):
+                visit(child)
+            post.append(a)
+
+        for a in starts:
+            visit(a)
+        return post[::-1]
+
+    # -- scatter: the reverse of reading a tensor at positions
+    def scatter(self, adj: sp.Expr, movable: list[sp.Symbol], slots: list[sp.Basic],
+                targets: tuple[sp.Symbol, ...]) -> sp.Expr:
+        """Adjoint of `t[slots]` (free `movable`) as a function of t's own axes `targets`.
+
+        A slot holding a distinct free index is renamed to its target; any other slot (a gather, a
+        constant, a repeated index) becomes the Iverson factor [slot == target]; free indices left over
+        are summed.
+        """
+        mapping: dict[sp.Symbol, sp.Basic] = {}
+        conds: list[tuple[sp.Basic, sp.Symbol]] = []
+        for s, t in zip(slots, targets, strict=True):
+            if ir.is_index(s) and s in movable and s not in mapping and slots.count(s) == 1:
+                mapping[s] = t
+            else:
+                conds.append((s, t))
+        rest = [i for i in movable if i not in mapping]
+        for i in rest:
+            if i in targets:
+                mapping[i] = self.fresh(i)
+        rest = [mapping.get(i, i) for i in rest]
+        body = rename(adj, mapping)
+        for s, t in conds:
+            body = body * iverson(sp.Eq(t, rename(s, mapping)))
+        return _sum(body, rest)
+
+
+def is_atom(e: sp.Basic) -> bool:
+    return isinstance(e, (sp.Indexed, ir._Tensor)) or (isinstance(e, sp.Symbol) and not ir.is_index(e))
+
+
+def children(d: Deriver, atom: sp.Basic) -> list[sp.Basic]:
+    if isinstance(atom, (ir._Reduction, ir._Normaliser, ir.At)):
+        return d.atoms(atom.args[0])
+    return []
+
+
+def _sum(body: sp.Expr, indices: list[sp.Symbol]) -> sp.Expr:
+    return ir.Sum_(body, sp.Tuple(*indices), sp.true) if indices and body != 0 else body
+
+
+def _clean(e: sp.Expr) -> sp.Expr:
+    """Derivatives of steps (sign, Heaviside) are zero almost everywhere, as in autograd."""
+    return e.replace(lambda x: isinstance(x, sp.DiracDelta), lambda x: sp.Integer(0))
+
+
+# ---- reverse rules, one per atom type: (deriver, atom, adjoint of atom) -> pushes to the body
+def _leaf(d: Deriver, a: sp.Basic, adj: sp.Expr) -> None:
+    if isinstance(a, sp.Indexed):
+        d.out.append(d.scatter(adj, free_indices(a), list(a.indices), d.targets))
+    else:
+        d.out.append(adj)
+
+
+def _mask(a: ir._Reduction) -> sp.Expr:
+    return iverson(a.cond)
+
+
+def _count(a: ir._Reduction) -> sp.Expr:
+    if ELLIPSIS in a.indices:
+        raise NeedsAutogradError("mean over a broadcast shape")
+    if a.cond == sp.true:
+        return sp.Mul(*(ir.Size(i) for i in a.indices))
+    return ir.Sum_(_mask(a), a.args[1], sp.true)
+
+
+def _extreme(d: Deriver, a: ir._Reduction, adj: sp.Expr) -> None:
+    """max/min: the adjoint goes to the arg-extremum, split evenly between ties (as torch.amax does)."""
+    hit = iverson(sp.And(sp.Eq(a.body, a), a.cond))
+    d.push(a.body, adj * hit / ir.Sum_(hit, a.args[1], sp.true))
+
+
+def _softmax_weights(a: ir._Reduction) -> sp.Expr:
+    """d logsumexp_k(b)/d b[k] = softmax_k(b) (spelled as such when it is one plain index)."""
+    if a.cond == sp.true and len(a.indices) == 1 and a.indices[0] != ELLIPSIS:
+        return ir.Softmax(a.body, a.indices[0])
+    return _mask(a) * sp.exp(a.body - a)
+
+
+def _softmax(d: Deriver, a: ir.Softmax, adj: sp.Expr) -> None:
+    d.push(a.body, a * (adj - ir.Sum_(adj * a, sp.Tuple(a.index), sp.true)))
+
+
+def _log_softmax(d: Deriver, a: ir.LogSoftmax, adj: sp.Expr) -> None:
+    soft = ir.Softmax(a.body, a.index)
+    d.push(a.body, adj - soft * ir.Sum_(adj, sp.Tuple(a.index), sp.true))
+
+
+def _normalize(d: Deriver, a: ir.Normalize, adj: sp.Expr) -> None:
+    norm = ir.Norm_(a.body, sp.Tuple(a.index), sp.true)
+    d.push(a.body, (adj - a * ir.Sum_(adj * a, sp.Tuple(a.index), sp.true)) / norm)
+
+
+def _at(d: Deriver, a: ir.At, adj: sp.Expr) -> None:
+    body, axes, values = a.args
+    kept = [i for i in free_indices(body) if i not in axes]
+    movable = [i for i in free_indices(a) if i not in kept]
+    d.push(body, d.scatter(adj, movable, list(values), tuple(axes)))
+
+
+def _autograd(d: Deriver, a: sp.Basic, adj: sp.Expr) -> None:
+    raise NeedsAutogradError(type(a).__name__)
+
+
+Rule = Callable[[Deriver, sp.Basic, sp.Expr], None]
+RULES: dict[type, Rule] = {
+    ir.Sum_: lambda d, a, adj: d.push(a.body, adj * _mask(a)),
+    ir.Mean_: lambda d, a, adj: d.push(a.body, adj * _mask(a) / _count(a)),
+    ir.Prod_: lambda d, a, adj: d.push(a.body, adj * _mask(a) * a / a.body),
+    ir.Max_: _extreme,
+    ir.Min_: _extreme,
+    ir.LogSumExp_: lambda d, a, adj: d.push(a.body, adj * _softmax_weights(a)),
+    ir.Norm_: lambda d, a, adj: d.push(a.body, adj * _mask(a) * a.body / a),
+    ir.Softmax: _softmax,
+    ir.LogSoftmax: _log_softmax,
+    ir.Normalize: _normalize,
+    ir.At: _at,
+    ir.FnCall: _autograd,
+    ir.Grad: _autograd,
+    sp.Indexed: _leaf,
+    sp.Symbol: _leaf,
+}
+
+
+def rule_for(atom: sp.Basic) -> Rule:
+    for t in type(atom).__mro__:
+        if t in RULES:
+            return RULES[t]
+    raise NeedsAutogradError(type(atom).__name__)
+
+
+# ---- the reduced loss: which roots, with which seeds
+def effective_reduction(loss: ir.LossIR, reduction: str | None) -> str:
+    default = loss.reduce_mode if loss.reduce_mode in ("sum", "none", "batchmean") else "mean"
+    red = default if reduction is None else reduction
+    return "weighted" if red == "mean" and loss.reduce_weight is not None else red
+
+
+def roots(loss: ir.LossIR, reduction: str, wrt_depends: Callable[[sp.Basic], bool],
+          seed: sp.Expr = ONE) -> list[tuple[sp.Expr, sp.Expr]]:
+    """The reduced loss as seeded roots: L = scale * sum over the batch of the loss element."""
+    free = [ir.index_symbol(f) for f in loss.free]
+    if reduction == "none":
+        return [(loss.expr, seed)]
+    if reduction == "sum":
+        return [(loss.expr, seed)]
+    if reduction == "batchmean":
+        first = next((i for i in loss.inputs if i.kind != "fn"), None)
+        lead = first.axes[0] if first is not None and first.axes else None
+        size = ir.Size(ir.index_symbol(lead)) if lead and not lead.startswith("*") else (
+            BATCH if first is not None and first.axes is None else sp.Integer(1))
+        return [(loss.expr, seed / size)]
+    if reduction == "mean":
+        count = NUMEL if loss.broadcast else sp.Mul(*(ir.Size(f) for f in free))
+        return [(loss.expr, seed / count)]
+    if loss.broadcast:
+        raise NeedsAutogradError("a weighted mean over a broadcast shape")
+    w = loss.reduce_weight
+    total_w = _sum(w, [f for f in free if f in free_indices(w)]) * sp.Mul(
+        *(ir.Size(f) for f in free if f not in free_indices(w)))
+    out = [(loss.expr, seed / total_w)]
+    if wrt_depends(w):
+        total = _sum(loss.expr, [f for f in free if f in free_indices(loss.expr)])
+        out.append((w, -seed * total / total_w**2))
+    return out
+
+
+def autograd_total(loss: ir.LossIR, reduction: str, seed: sp.Expr) -> sp.Expr:
+    """The reduced loss as one IR scalar, for `grad(...)` when no symbolic form exists."""
+    free = [ir.index_symbol(f) for f in loss.free]
+    scale = sp.Integer(1)
+    if reduction == "mean":
+        scale = 1 / (NUMEL if loss.broadcast else sp.Mul(*(ir.Size(f) for f in free)))
+    elif reduction == "batchmean":
+        scale = 1 / BATCH
+    elif reduction == "weighted":
+        scale = 1 / ir.Sum_(loss.reduce_weight, sp.Tuple(*free), sp.true)
+    idx = [*free, ELLIPSIS] if loss.broadcast else free
+    return _sum(loss.expr * seed * scale, idx) if idx else loss.expr * seed * scale
+
+
+def derive(loss: ir.LossIR, wrt: str, reduction: str | None = None, seed: sp.Expr = ONE,
+           simplify_result: bool = True) -> Gradient:
+    """d(reduced loss)/d wrt. reduction="none" differentiates the sum (a VJP with `seed`)."""
+    decl = loss.input(wrt) or loss.param(wrt)
+    names = [i.name for i in loss.inputs if not i.is_integral and i.kind != "fn"] + [
+        p.name for p in loss.params if p.type not in ("int", "bool")]
+    if decl is None or wrt not in names:
+        raise UnknownNameError(f"loss '{loss.name}' has no real-valued input or parameter '{wrt}'"
+                               + did_you_mean(wrt, names))
+    red = effective_reduction(loss, reduction)
+    d = Deriver(loss, wrt)
+    try:
+        expr = d.run(roots(loss, red, d.depends, seed))
+        expr = simplify(expr, loss, d.axis_of) if simplify_result else expr
+        via = False
+    except NeedsAutogradError:
+        target = sp.Indexed(sp.IndexedBase(wrt), *d.targets) if d.axes is not None else sp.Symbol(wrt, real=True)
+        expr, via = ir.Grad(autograd_total(loss, red, seed), target), True
+    return Gradient(loss, wrt, expr, d.axes or (), red, via, _register_fresh(expr, d.axis_of))
+
+
+def _register_fresh(expr: sp.Expr, axis_of: dict[str, str]) -> dict[str, str]:
+    """Indices renamed to avoid capture (`i__3`) range over the axis of the index they were made from."""
+    for sym in expr.atoms(sp.Symbol):
+        if ir.is_index(sym) and str(sym) not in axis_of:
+            base = str(sym).split("__")[0]
+            axis_of[str(sym)] = axis_of.get(base, base)
+    return axis_of
+
+
+# ---- simplification: cheap local rules, then keep an expanded/factored form only when it is shorter
+def _is_iverson(e: sp.Basic) -> bool:
+    return isinstance(e, sp.Piecewise) and len(e.args) == 2 and e.args[0].expr == 1 and e.args[1].expr == 0
+
+
+def _delta_index(e: sp.Basic, k: sp.Symbol) -> sp.Basic | None:
+    """If e is [k == v] (v free of k), return v."""
+    if _is_iverson(e) and isinstance(e.args[0].cond, sp.Eq):
+        lhs, rhs = e.args[0].cond.args
+        for a, b in ((lhs, rhs), (rhs, lhs)):
+            if a == k and k not in b.free_symbols:
+                return b
+    return None
+
+
+def _sum_delta(loss: ir.LossIR, axis_of: dict[str, str]) -> Callable[[sp.Basic], sp.Basic]:
+    """sum_k([k == v] * f) = f[k := v]: v an index of k's axis, or a validated index input (f free of k)."""
+
+    def fold_term(t: sp.Expr, k: sp.Symbol) -> sp.Expr | None:
+        factors = sp.Mul.make_args(t)
+        for j, f in enumerate(factors):
+            v = _delta_index(f, k)
+            rest = sp.Mul(*factors[:j], *factors[j + 1:])
+            if v is None:
+                continue
+            if ir.is_index(v) and axis_of.get(str(v), str(v)) == axis_of.get(str(k), str(k)):
+                return rename(rest, {k: v})
+            if _valid_index(loss, v, k) and k not in free_indices(rest):
+                return rest
+        return None
+
+    def fold(e: sp.Basic) -> sp.Basic:
+        if not (isinstance(e, ir.Sum_) and e.cond == sp.true and len(e.indices) == 1):
+            return e
+        k = e.indices[0]
+        if not any(_delta_index(p, k) is not None for p in e.body.atoms(sp.Piecewise)):
+            return e
+        done, rest = [], []
+        for t in sp.Add.make_args(sp.expand_mul(e.body)):
+            r = fold_term(t, k)
+            done.append(r) if r is not None else rest.append(t)
+        return sp.Add(*done) + _sum(sp.Add(*rest), [k])
+
+    return fold
+
+
+def _valid_index(loss: ir.LossIR, v: sp.Basic, k: sp.Symbol) -> bool:
+    if not isinstance(v, sp.Indexed):
+        return False
+    inp = loss.input(v.base.name)
+    return (inp is not None and inp.kind == "index" and v.base.name not in loss.sentinels
+            and loss.axis_of.get(inp.kind_arg) == loss.axis_of.get(str(k), str(k)))
+
+
+LOCAL_RULES: list[tuple[Callable[[sp.Basic], bool], Callable[[sp.Basic], sp.Basic]]] = [
+    (lambda e: isinstance(e, sp.Mul) and _integral_coeff(e) is not None, lambda e: _integral_coeff(e)),
+    (lambda e: isinstance(e, ir.sigmoid) and e.args[0].could_extract_minus_sign(),
+     lambda e: 1 - ir.sigmoid(-e.args[0])),
+    (lambda e: isinstance(e, sp.Mul) and _abs_sign(e) is not None, lambda e: _abs_sign(e)),
+    (lambda e: isinstance(e, sp.Pow) and isinstance(e.base, sp.sign) and e.exp == 2, lambda e: sp.Integer(1)),
+]
+
+
+def _integral_coeff(e: sp.Mul) -> sp.Expr | None:
+    """1.0*u -> u, 2.0*u -> 2*u (built as u*2: SymPy's cache treats 1.0 and 1 as the same key)."""
+    coeff, rest = e.as_coeff_Mul()
+    if not isinstance(coeff, sp.Float) or not float(coeff).is_integer() or abs(coeff) > 2**53:
+        return None
+    return rest if coeff == 1 else rest * sp.Integer(int(coeff))
+
+
+def _abs_sign(e: sp.Mul) -> sp.Expr | None:
+    """|u| * sign(u) = u."""
+    args = list(e.args)
+    for s in (a for a in args if isinstance(a, sp.sign)):
+        if sp.Abs(s.args[0]) in args:
+            args.remove(s)
+            args.remove(sp.Abs(s.args[0]))
+            return sp.Mul(*args, s.args[0])
+    return None
+
+
+def simplify(e: sp.Expr, loss: ir.LossIR, axis_of: dict[str, str]) -> sp.Expr:
+    e = _local(e).replace(lambda x: isinstance(x, ir.Sum_), _sum_delta(loss, axis_of))
+    return _local(_shortest(sp.powsimp(e)))
+
+
+def _local(e: sp.Expr) -> sp.Expr:
+    for cond, fix in LOCAL_RULES:
+        e = e.replace(cond, fix)
+    return e
+
+
+def _shortest(e: sp.Expr) -> sp.Expr:
+    """Try expanding and factoring the elementwise part; keep whichever prints shortest."""
+    if sp.count_ops(e) > 400:
+        return sp.factor_terms(e)
+    options = [e, sp.factor_terms(e)]
+    expanded = sp.expand_mul(e)
+    options += [expanded, sp.factor_terms(expanded)]
+    return min(options, key=lambda x: (sp.count_ops(x), len(str(x))))
+
+
+def with_axes(loss: ir.LossIR, axis_of: dict[str, str]) -> ir.LossIR:
+    """The loss with fresh summation indices registered (the code generator sizes them by their axis)."""
+    return dataclasses.replace(loss, axis_of={**loss.axis_of, **axis_of})
