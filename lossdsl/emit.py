@@ -15,7 +15,7 @@ import sympy as sp
 
 from . import ir
 from .errors import KindError
-from .scope import ELLIPSIS
+from .scope import ELLIPSIS, free_indices
 
 FUNCS: dict[type, str] = {
     sp.exp: "torch.exp", sp.log: "torch.log", sp.Abs: "torch.abs", sp.sign: "torch.sign", sp.sin: "torch.sin",
@@ -157,6 +157,7 @@ class Emitter:
             (ir.At, self.at), (ir.FnCall, self.fncall), (ir.Grad, self.grad),
             ((sp.Min, sp.Max), self.minmax), (ir.xlogy, self.xlogy),
             (sp.core.relational.Relational, self.compare), ((sp.And, sp.Or, sp.Not), self.logic),
+            (sp.ITE, self.ite),
             (sp.Heaviside, lambda x: self.logic_to_float(self.emit(sp.Gt(x.args[0], 0)))),
         ]
         for types, fn in table:
@@ -173,6 +174,7 @@ class Emitter:
             return V(f"({make([v.code for v in vals])})", kind="py" if any(v.kind == "py" for v in vals)
                      else "num")
         target = self.union(*tensors)
+        target = next((v.labels for v in tensors if len(v.labels) == len(target)), target)  # avoid a permute
         ell = any(v.ell for v in tensors)
         return self.tmp(make([self.align(v, target, ell) for v in vals]), target, ell)
 
@@ -193,6 +195,9 @@ class Emitter:
         return self.combine(vals, make)
 
     def mul(self, e: sp.Mul) -> V:
+        pushed = self.push_scale_into_sum(e)
+        if pushed is not None:
+            return self.emit(pushed)
         coeff, rest = e.as_coeff_Mul()
         num, den = [], []
         for f in sp.Mul.make_args(rest):
@@ -214,6 +219,15 @@ class Emitter:
             return text
 
         return self.combine(vals, make)
+
+    def push_scale_into_sum(self, e: sp.Mul) -> sp.Basic | None:
+        """`sum_d(a*b) / tau` → `sum_d(a*b/tau)`: the einsum then scales an operand, not the [i, j] result."""
+        sums = [f for f in e.args if isinstance(f, ir.Sum_) and f.cond == sp.true and isinstance(f.body, sp.Mul)]
+        rest = [f for f in e.args if f not in sums]
+        if len(sums) != 1 or not rest or any(self.labels_of(f) for f in rest):
+            return None
+        s = sums[0]
+        return ir.Sum_(sp.Mul(*rest, s.body), s.args[1], s.cond)
 
     def pow(self, e: sp.Pow) -> V:
         base, exp = e.args
@@ -276,6 +290,14 @@ class Emitter:
         op = " & " if isinstance(e, sp.And) else " | "
         vals = [v if v.is_tensor else self.tmp(f"torch.as_tensor({v.code}, device=_dev)", ()) for v in vals]
         return self.combine(vals, lambda c: op.join(_paren(x) for x in c))
+
+    def ite(self, e: sp.ITE) -> V:
+        """SymPy's boolean if-then-else (it folds Piecewise conditions into these)."""
+        cond, a, b = (self.emit(x) for x in e.args)
+        if not any(v.is_tensor for v in (cond, a, b)):
+            return V(f"({a.code} if {cond.code} else {b.code})", kind="py")
+        a, b = (v if v.is_tensor else self.tmp(f"torch.as_tensor({v.code}, device=_dev)", ()) for v in (a, b))
+        return self.where(cond, a, b)
 
     def logic_to_float(self, cond: V) -> V:
         if not cond.is_tensor:
@@ -357,16 +379,25 @@ class Emitter:
         if any(not v.is_tensor or v.ell for v in vals) or any(
                 lab not in {x for v in vals for x in v.labels} for lab in idx):
             return None
+        extra = sp.Mul(coeff, *outer)
+        if extra != 1 and not self.labels_of(extra):  # scale an operand, not the (larger) product
+            scale = self.emit(extra)
+            vals[0] = self.combine([vals[0], scale], lambda c: f"{c[0]} * {_paren(c[1])}")
+            extra = sp.Integer(1)
         labels = self.union(*vals)
         letters = _letters(labels)
         out = tuple(lab for lab in labels if lab not in idx)
         spec = ",".join("".join(letters[x] for x in v.labels) for v in vals) + "->" + "".join(letters[x] for x in out)
         result = self.tmp(f"torch.einsum({spec!r}, {', '.join(v.code for v in vals)})", out)
-        extra = sp.Mul(coeff, *outer)
         if extra == 1:
             return result
         ev = self.emit(extra)
         return self.combine([ev, result], lambda c: f"{_paren(c[0])} * {c[1]}")
+
+    def labels_of(self, e: sp.Basic) -> bool:
+        """Whether an expression varies along any axis (free indices or undeclared-shape inputs)."""
+        return bool(free_indices(e)) or any(getattr(self.names.get(s.name), "is_tensor", False)
+                                             and self.names[s.name].ell for s in e.free_symbols)
 
     def normaliser(self, e: ir._Normaliser) -> V:
         lab = str(e.index)
