@@ -1,0 +1,100 @@
+"""Timing, peak memory and bandwidth of one forward + backward, the same way for every variant."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch._C._profiler import _EventType
+from torch.profiler import ProfilerActivity, profile
+
+
+@dataclass
+class Timing:
+    median: float  # seconds per forward + backward
+    spread: float  # (p75 - p25) / median: the noise of this measurement
+    first: float  # the first call (compilation, for compiled mode)
+
+
+def step(fn: Callable, inputs: Sequence[torch.Tensor]) -> Callable[[], None]:
+    """One forward + backward: gradients of the scalar loss for every input that requires them."""
+    diff = [t for t in inputs if t.requires_grad]
+
+    def run() -> None:
+        out = fn(*inputs)
+        if diff:
+            torch.autograd.grad(out, diff)
+
+    return run
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_step(run: Callable[[], None], device: torch.device, budget: float = 0.6, max_reps: int = 50) -> Timing:
+    """Median of repeated calls after warm-up; repeats until `budget` seconds or `max_reps` calls."""
+    sync(device)
+    start = time.perf_counter()
+    run()
+    sync(device)
+    first = time.perf_counter() - start
+    run()
+    samples: list[float] = []
+    deadline = time.perf_counter() + budget
+    while len(samples) < 5 or (time.perf_counter() < deadline and len(samples) < max_reps):
+        sync(device)
+        t = time.perf_counter()
+        run()
+        sync(device)
+        samples.append(time.perf_counter() - t)
+    q = statistics.quantiles(samples, n=4)
+    med = statistics.median(samples)
+    return Timing(med, (q[2] - q[0]) / med, first)
+
+
+def peak_bytes(run: Callable[[], None], device: torch.device) -> int:
+    """Peak bytes allocated during one call above what was live before it (after a warm-up call)."""
+    run()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        run()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run()
+    sizes: list[tuple[int, int]] = []
+    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        e = stack.pop()
+        if e.tag == _EventType.Allocation:
+            sizes.append((e.start_time_ns, e.extra_fields.alloc_size))
+        stack.extend(e.children)
+    current = peak = 0
+    for _, size in sorted(sizes):
+        current += size
+        peak = max(peak, current)
+    return peak
+
+
+def peak_bandwidth(device: torch.device) -> float | None:
+    """The device's peak memory bandwidth in bytes/s (GPU only), from its memory clock and bus width."""
+    if device.type != "cuda":
+        return None
+    props = torch.cuda.get_device_properties(device)
+    clock_khz = getattr(props, "memory_clock_rate", 0)
+    bus_bits = getattr(props, "memory_bus_width", 0)
+    return 2 * clock_khz * 1e3 * bus_bits / 8 if clock_khz and bus_bits else None
+
+
+def min_traffic(inputs: Sequence[torch.Tensor]) -> int:
+    """Bytes a perfect fused kernel moves: read every input twice (forward, backward), write each gradient."""
+    reads = 2 * sum(t.numel() * t.element_size() for t in inputs)
+    writes = sum(t.numel() * t.element_size() for t in inputs if t.requires_grad)
+    return reads + writes
