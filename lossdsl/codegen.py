@@ -26,6 +26,23 @@ def _float_dtype(*tensors):
     return dtype if dtype is not None else torch.get_default_dtype()
 
 
+def _compute_dtype(dtype):
+    """float16/bfloat16 inputs are computed in float32 (exp, log and sums overflow or round away in half)."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _full_precision(forward):
+    """Runs forward with autocast off, so its matmuls and reductions are not cast back to half precision."""
+    def wrapper(self, *args, **kwargs):
+        device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
+        if not torch.is_autocast_enabled(device):
+            return forward(self, *args, **kwargs)
+        with torch.autocast(device, enabled=False):
+            return forward(self, *args, **kwargs)
+    wrapper.__wrapped__, wrapper.__name__, wrapper.__doc__ = forward, forward.__name__, forward.__doc__
+    return wrapper
+
+
 def _numel(shape):
     n = 1
     for s in shape:
@@ -143,9 +160,14 @@ class SourceBuilder:
         w = self.lines.append
         for i in tensor_inputs:
             w(f"if not isinstance({i.name}, torch.Tensor):")
-            w(f"    {i.name} = torch.as_tensor({i.name})")
+            w("    try:")
+            w(f"        {i.name} = torch.as_tensor({i.name})")
+            w("    except (TypeError, ValueError, RuntimeError) as err:")
+            w(f"        raise self.error(f\"input '{i.name}' is not a tensor and cannot become one: {{err}}\") "
+              "from None")
         real = [i.name for i in tensor_inputs if not i.is_integral]
-        w(f"_dt = _float_dtype({', '.join(real)})" if real else "_dt = torch.get_default_dtype()")
+        w(f"_odt = _float_dtype({', '.join(real)})" if real else "_odt = torch.get_default_dtype()")
+        w("_dt = _compute_dtype(_odt)  # the dtype computed in; the result is returned in _odt")
         w(f"_dev = {tensor_inputs[0].name}.device" if tensor_inputs else "_dev = torch.device('cpu')")
         for i in tensor_inputs:
             self.bind_input(i)
@@ -161,7 +183,7 @@ class SourceBuilder:
         result = em.emit(loss.expr)
         weight = em.emit(loss.reduce_weight) if loss.reduce_weight is not None else None
         self.finish(em, result, weight)
-        body = ["    def forward(" + sig + "):"] + [f"        {line}" for line in self.lines]
+        body = ["    @_full_precision", "    def forward(" + sig + "):"] + [f"        {line}" for line in self.lines]
         return body
 
     def bind_input(self, i: ir.Input) -> None:
@@ -310,17 +332,18 @@ class SourceBuilder:
         if weight is not None:
             w(f"wsum = torch.broadcast_to({em.align(weight, free, weight.ell)}, out.shape).sum()")
         w("if self.reduction == 'none':")
-        w(f"    return {self.unflatten('out', free)}")
+        w(f"    return {self.unflatten('out', free)}.to(_odt)")
         w("if self.reduction == 'sum':")
-        w("    return out.sum()")
+        w("    return out.sum().to(_odt)")
         w("if self.reduction == 'batchmean':")
-        w(f"    return out.sum() / {self.batch_size()}")
+        w(f"    return (out.sum() / {self.batch_size()}).to(_odt)")
         if weight is None:
-            w("return out.mean()")
+            w("return out.mean().to(_odt)")
             return
         w("# like torch: a zero total weight gives nan, with a zero (not nan) gradient")
         w("empty = wsum == 0")
-        w("return torch.where(empty, torch.full_like(wsum, float('nan')), out.sum() / torch.where(empty, 1.0, wsum))")
+        w("return torch.where(empty, torch.full_like(wsum, float('nan')), out.sum() / torch.where(empty, 1.0, wsum))"
+          ".to(_odt)")
 
     def batch_size(self) -> str:
         first = next((i for i in self.loss.inputs if i.kind != "fn"), None)

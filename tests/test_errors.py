@@ -90,6 +90,13 @@ def test_runtime_input_errors_name_the_input_and_axis(args: tuple, fragment: str
     assert isinstance(info.value, ValueError)
 
 
+def test_non_tensor_inputs_are_converted_or_rejected_clearly() -> None:
+    module = lossdsl.compile("(x - y)^2")
+    assert module([1.0, 2.0], 0.0).item() == 2.5
+    with pytest.raises(lossdsl.InputError, match="input 'x' is not a tensor"):
+        module("abc", 0.0)
+
+
 def test_group_shape_mismatch_names_the_group() -> None:
     module = lossdsl.compile("loss a(x[n, *s], y[n, *s]):\n    sum_{*s}(x*y)")
     with pytest.raises(lossdsl.InputError, match=r"input 'y' axes \*s has size \(3,\) but 'x' fixes it to \(2,\)"):
