@@ -1,0 +1,277 @@
+"""The `lossdsl` command: paper-to-code tools over the library (compile, show, grad, check, plot, list, bench).
+
+Every command resolves its target the same way (`resolve`): a `.loss` file, a file or text of LaTeX with
+`--latex`, a stdlib loss name, or a one-line formula. Errors a user can make print the message with its
+caret excerpt and exit 1; a feature whose module is not installed exits 2 with a message that says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import api, ir
+from .errors import LossError, UnknownNameError, did_you_mean
+from .latex_in import from_latex
+
+
+class UnavailableError(Exception):
+    """A command needs a part of lossdsl (or an optional dependency) that this installation lacks."""
+
+
+def progress(message: str) -> None:
+    """Progress of long runs goes to stderr, so stdout stays the command's result."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def optional(module: str, what: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise UnavailableError(f"{what} needs {module}, which is not available here ({err})") from None
+
+
+# ---- targets
+def resolve(target: str, *, latex: bool = False, name: str | None = None) -> api.Loss:
+    """A `.loss` file (its loss `name`, default the last), LaTeX (a .tex file, or text with a backslash),
+    a stdlib name, or a one-line formula."""
+    path = Path(target)
+    is_file = path.suffix in (".loss", ".tex", ".txt") and path.is_file()
+    if latex or path.suffix == ".tex" or (not is_file and "\\" in target):
+        return from_latex(path.read_text(encoding="utf-8") if is_file else target, name=name)
+    if is_file:
+        losses = api.load(path)
+        if not losses:
+            raise LossError(f"{target} defines no loss")
+        if name is None:
+            return list(losses.values())[-1]
+        if name not in losses:
+            raise UnknownNameError(f"{target} has no loss '{name}'" + did_you_mean(name, losses))
+        return losses[name]
+    if target.isidentifier():
+        from . import stdlib
+
+        if target in stdlib.names():
+            return stdlib.get(target)
+        if not Path(target).exists():
+            raise UnknownNameError(f"'{target}' is neither a file nor a stdlib loss"
+                                   + did_you_mean(target, stdlib.names()))
+    if path.suffix == ".loss":
+        raise LossError(f"no such file: {target}")
+    return api.parse(target)
+
+
+def parse_params(pairs: Sequence[str]) -> dict[str, float | int | bool]:
+    """`-p gamma=2 -p swap=true` → {'gamma': 2, 'swap': True}."""
+    out: dict[str, float | int | bool] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise LossError(f"a parameter is given as NAME=VALUE, got {pair!r}")
+        low = value.strip().lower()
+        if low in ("true", "false"):
+            out[key] = low == "true"
+            continue
+        try:
+            out[key] = int(value) if low.lstrip("-").isdigit() else float(value)
+        except ValueError:
+            raise LossError(f"the value of parameter '{key}' must be a number, got {value!r}") from None
+    return out
+
+
+def describe_input(i: ir.Input) -> str:
+    axes = f"[{', '.join(i.axes)}]" if i.axes else ""
+    kind = "" if i.kind == "real" else f": {i.kind}" + (f"({i.kind_arg})" if i.kind_arg else "")
+    return f"{i.name}{axes}{kind}"
+
+
+def describe_param(p: ir.Param) -> str:
+    axes = f"[{', '.join(p.axes)}]" if p.axes else ""
+    kind = f": {p.type}" if p.type else ""
+    value = " (required)" if p.default is None else f" = {p.default}"
+    cons = ""
+    if p.constraint:
+        op, bounds = p.constraint
+        cons = f" in [{bounds[0]}, {bounds[1]}]" if op == "in" else f" {op} {bounds[0]}"
+    return f"{p.name}{axes}{kind}{value}{cons}"
+
+
+def formula_text(loss: api.Loss) -> str:
+    """The formula as the language spells it (where, Iverson brackets) when the gradient printer is there."""
+    try:
+        from .gradient import show
+    except ImportError:
+        return str(loss).split(" = ", 1)[1]
+    return show(loss.expr)
+
+
+def differentiable_inputs(loss: api.Loss) -> list[str]:
+    return [i.name for i in loss.inputs if i.kind not in ("index", "int", "count", "binary", "sign", "fn")]
+
+
+def gradient(loss: api.Loss, wrt: str, reduction: str | None = None):
+    if not hasattr(loss, "grad"):
+        raise UnavailableError("gradients need lossdsl.gradient (Loss.grad), which this installation lacks")
+    return loss.grad(wrt, reduction=reduction)
+
+
+# ---- commands
+def cmd_compile(args: argparse.Namespace) -> int:
+    loss = resolve(args.target, latex=args.latex, name=args.name)
+    source = loss.to_source()
+    if args.output:
+        Path(args.output).write_text(source, encoding="utf-8")
+        progress(f"wrote {args.output}: class {loss.class_name} ({loss.name}), needs only torch")
+    else:
+        sys.stdout.write(source)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    loss = resolve(args.target, latex=args.latex, name=args.name)
+    lines = [f"loss {loss.name}"]
+    if loss.doc:
+        lines.append("  " + " ".join(loss.doc.split()))
+    lines.append("inputs:     " + ", ".join(describe_input(i) for i in loss.inputs))
+    lines.append("parameters: " + (", ".join(describe_param(p) for p in loss.parameters) or "none"))
+    lines.append("formula:    " + formula_text(loss))
+    lines.append("latex:      " + loss.latex())
+    if getattr(loss, "lossdsl_source", None):
+        lines.append("lossdsl:\n" + "".join(f"  {x}\n" for x in loss.lossdsl_source.splitlines()).rstrip())
+    for wrt in differentiable_inputs(loss)[:1]:
+        try:
+            lines.append("gradient:   " + str(gradient(loss, wrt)))
+        except (UnavailableError, LossError) as err:
+            lines.append(f"gradient:   unavailable ({err})")
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_grad(args: argparse.Namespace) -> int:
+    loss = resolve(args.target, name=args.name)
+    g = gradient(loss, args.wrt, args.reduction)
+    print(g.latex() if args.as_latex else str(g))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    loss = resolve(args.target, latex=args.latex, name=args.name)
+    verify = optional("lossdsl.verify", "lossdsl check (gradient verification)")
+    params = parse_params(args.param)
+    progress(f"checking {loss.name}: symbolic gradient vs autograd vs finite differences ({args.trials} draws)")
+    report = verify.verify(loss, trials=args.trials, **params)
+    print(report)
+    stability = optional("lossdsl.stability", "lossdsl check (stability report)")
+    progress("stability report")
+    path = Path(args.target)
+    if path.suffix == ".loss" and path.is_file() and hasattr(stability, "check_file"):
+        print(stability.check_file(str(path)))
+    else:
+        print(loss.stability_report())
+    return 0 if report.passed else 1
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from . import plot
+
+    params = parse_params(args.param)
+    losses = [resolve(t, latex=args.latex) for t in args.targets]
+    curves = []
+    for k, loss in enumerate(losses, 1):
+        progress(f"[{k}/{len(losses)}] {loss.name}")
+        curves.append(plot.curve(loss, over=args.over, lo=args.range[0], hi=args.range[1], points=args.points,
+                                 params=params))
+    out = plot.save(curves, args.output)
+    print(f"wrote {out}: loss and gradient of {', '.join(c.name for c in curves)} over the {curves[0].over}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from . import stdlib
+
+    print(stdlib.format_catalog())
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import quickbench as bench
+
+    loss = resolve(args.target, latex=args.latex, name=args.name)
+    print(bench.run(loss, size=args.size, repeat=args.repeat, variants=args.variants.split(","),
+                    params=parse_params(args.param), report=progress))
+    return 0
+
+
+# ---- argument parsing
+def _target(p: argparse.ArgumentParser, latex_flag: bool = True) -> None:
+    p.add_argument("target", metavar="NAME|FILE", help="a .loss file, a stdlib loss name, a formula, or LaTeX "
+                   "(a .tex file or text with a backslash)")
+    p.add_argument("--name", help="which loss of a .loss file (default: the last one)")
+    if latex_flag:
+        p.add_argument("--latex", action="store_true", help="read the target as LaTeX (text or a file)")
+
+
+def _params(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE", help="a parameter value")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lossdsl", description="Loss functions written as mathematics → PyTorch.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands: list[tuple[str, str, Callable]] = [
+        ("compile", "standalone PyTorch source of a loss", cmd_compile),
+        ("show", "formula, LaTeX, parameters and gradient of a loss", cmd_show),
+        ("grad", "the symbolic gradient of a loss", cmd_grad),
+        ("check", "gradient verification and stability report", cmd_check),
+        ("plot", "loss and gradient curves over the error or the logit", cmd_plot),
+        ("list", "the stdlib catalogue", cmd_list),
+        ("bench", "time and memory: eager vs compiled vs torch built-in", cmd_bench),
+    ]
+    ps = {name: sub.add_parser(name, help=text, description=text) for name, text, _ in commands}
+    for name, _, fn in commands:
+        ps[name].set_defaults(func=fn)
+    for name in ("compile", "show", "grad", "check", "bench"):
+        _target(ps[name], latex_flag=name != "grad")
+    ps["compile"].add_argument("-o", "--output", help="write the source here (default: stdout)")
+    ps["grad"].add_argument("--wrt", required=True, help="the input or parameter to differentiate by")
+    ps["grad"].add_argument("--latex", dest="as_latex", action="store_true", help="print the gradient as LaTeX")
+    ps["grad"].add_argument("--reduction", choices=("mean", "sum", "none"), default=None)
+    ps["check"].add_argument("--trials", type=int, default=3, help="random draws (default 3)")
+    _params(ps["check"])
+    plot = ps["plot"]
+    plot.add_argument("targets", nargs="+", metavar="NAME", help="stdlib names, .loss files or formulas")
+    plot.add_argument("--range", nargs=2, type=float, default=(-3.0, 3.0), metavar=("A", "B"))
+    plot.add_argument("--over", choices=("auto", "error", "logit"), default="auto",
+                      help="x axis: the error (prediction - target) or the logit (target 1); auto picks by kind")
+    plot.add_argument("--points", type=int, default=401)
+    plot.add_argument("--latex", action="store_true", help="the targets are LaTeX formulas")
+    plot.add_argument("-o", "--output", required=True, help="the PNG to write")
+    _params(plot)
+    ps["bench"].add_argument("--size", type=int, default=4096, help="batch size (default 4096)")
+    ps["bench"].add_argument("--repeat", type=int, default=20, help="timed runs (default 20)")
+    ps["bench"].add_argument("--variants", default="eager,compiled,torch",
+                             help="comma-separated: eager, compiled, torch (default all)")
+    _params(ps["bench"])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LossError as err:
+        print(f"lossdsl {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except UnavailableError as err:
+        print(f"lossdsl {args.command}: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"lossdsl {args.command}: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

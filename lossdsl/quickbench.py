@@ -1,0 +1,123 @@
+"""`lossdsl bench NAME`: one loss, forward + backward, as lossdsl eager, lossdsl compiled and torch's built-in.
+
+A quick comparison for a user choosing a mode, not the project's benchmark suite: inputs are drawn by kind
+at one size, time is the median of `repeat` runs after warm-up, and memory is what autograd saves for the
+backward pass (the part of a loss's memory that grows with the batch; measured by saved-tensor hooks, so it
+works on CPU too).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .api import Loss
+
+DIFFERENTIABLE = ("real", "logits", "prob", "positive")
+OTHER = 16  # the size of every axis but the batch
+
+
+def sample_inputs(loss: Loss, size: int, gen: torch.Generator) -> tuple[list[torch.Tensor], dict[str, int]]:
+    """Inputs by kind: the first input's first axis is the batch (`size`), other axes 16, groups (16,)."""
+    canon = loss.ir.axis_of
+    first = next((i.axes[0] for i in loss.inputs if i.axes), None)
+    batch = canon.get(first, first) if first else None
+
+    def dim(axis: str) -> int:
+        return size if canon.get(axis, axis) == batch else OTHER
+
+    out = []
+    for i in loss.inputs:
+        if i.kind == "fn":
+            out.append(torch.nn.Tanh())
+            continue
+        shape = (size, OTHER) if i.axes is None else tuple(dim(a) for a in i.axes)
+        out.append(_draw(i.kind, shape, dim(i.kind_arg) if i.kind_arg else OTHER, gen))
+    sizes = {a: dim(a) for a in loss.axis_keywords()}
+    return out, sizes
+
+
+def _draw(kind: str, shape: tuple[int, ...], classes: int, gen: torch.Generator) -> torch.Tensor:
+    u = torch.rand(shape, generator=gen)
+    table = {"prob": 0.05 + 0.9 * u, "positive": 0.2 + u, "binary": (u > 0.5).float(),
+             "sign": torch.where(u > 0.5, 1.0, -1.0), "int": (u * 4).long(), "count": (u * 4).long(),
+             "index": (u * classes).long().clamp(max=classes - 1)}
+    return table.get(kind, torch.randn(shape, generator=gen))
+
+
+def saved_bytes(call: Callable[[], torch.Tensor]) -> int:
+    """Bytes of the distinct tensors autograd keeps for the backward of one forward call."""
+    seen: dict[tuple, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        key = (t.untyped_storage().data_ptr(), t.dtype)
+        seen[key] = max(seen.get(key, 0), t.untyped_storage().nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        call()
+    return sum(seen.values())
+
+
+def timed(call: Callable[[], torch.Tensor], repeat: int) -> float:
+    """Median milliseconds of forward + backward."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        call().backward()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def variant(loss: Loss, which: str, params: dict, sizes: dict) -> Callable | None:
+    if which == "eager":
+        return loss.compile(**params, **sizes)
+    if which == "compiled":
+        return loss.compile(mode="compiled", **params, **sizes)
+    if which == "torch":
+        return getattr(F, loss.name, None)
+    raise ValueError(f"unknown variant {which!r}; use eager, compiled or torch")
+
+
+def run(loss: Loss, *, size: int = 4096, repeat: int = 20, variants: list[str] | None = None,
+        params: dict | None = None, report: Callable[[str], None] = print) -> str:
+    gen = torch.Generator().manual_seed(0)
+    inputs, sizes = sample_inputs(loss, size, gen)
+    args = [t.requires_grad_() if isinstance(t, torch.Tensor) and i.kind in DIFFERENTIABLE else t
+            for t, i in zip(inputs, loss.inputs, strict=True)]
+    if not any(isinstance(t, torch.Tensor) and t.requires_grad for t in args):
+        raise ValueError(f"'{loss.name}' has no differentiable input to time a backward pass through")
+    shapes = ", ".join(f"{i.name}{list(t.shape)}" for i, t in zip(loss.inputs, args, strict=True)
+                       if isinstance(t, torch.Tensor))
+    rows = [f"bench {loss.name}: {shapes}; forward + backward, median of {repeat} runs (CPU threads: "
+            f"{torch.get_num_threads()})", f"  {'variant':<10} {'ms':>10} {'saved for backward':>20}  note"]
+    for k, which in enumerate(variants or ["eager", "compiled", "torch"], 1):
+        report(f"[{k}/{len(variants or [1, 2, 3])}] {which}")
+        rows.append(_row(loss, which, args, params or {}, sizes, repeat, report))
+    return "\n".join(rows)
+
+
+def _row(loss: Loss, which: str, args: list, params: dict, sizes: dict, repeat: int, report) -> str:
+    try:
+        fn = variant(loss, which, params, sizes)
+        if fn is None:
+            return f"  {which:<10} {'n/a':>10} {'':>20}  torch.nn.functional has no {loss.name}"
+        with warnings.catch_warnings():  # torch.compile's tracing notes are not the user's concern here
+            warnings.simplefilter("ignore")
+            start = time.perf_counter()
+            fn(*args).backward()  # warm-up; compiles in compiled mode
+            first = time.perf_counter() - start
+            fn(*args).backward()
+        if which == "compiled":
+            report(f"    compiled in {first:.1f} s")
+        ms = timed(lambda: fn(*args), repeat)
+        mem = saved_bytes(lambda: fn(*args)) / 1024
+        note = f"first call {first:.1f} s" if which == "compiled" else ""
+        return f"  {which:<10} {ms:10.3f} {mem:17.1f} KiB  {note}"
+    except Exception as err:  # a variant that cannot run is reported, not fatal: the others still compare
+        return f"  {which:<10} {'failed':>10} {'':>20}  {type(err).__name__}: {str(err).splitlines()[0][:80]}"
