@@ -22,13 +22,84 @@ import torch
 
 from . import ir
 from .codegen import SourceBuilder, class_name
-from .emit import Emitter, V
+from .emit import Emitter, V, _paren
 from .gradient import BATCH, GRAD_OUT, NUMEL, Gradient, derive, effective_reduction
+from .scope import free_indices
 
 _TMP = re.compile(r"\bt\d+\b")
 
 
-class GradientBuilder(SourceBuilder):
+class GradEmitter(Emitter):
+    """The emitter of backward code: products take their scalar factors first (one full-size temporary,
+    not one per factor), and temporaries that are fresh full-size float tensors are recorded so that
+    `_in_place` may overwrite them at their last use."""
+
+    fresh: set[str]
+    tmp_labels: dict[str, str]
+
+    def tmp(self, code: str, labels: tuple[str, ...], ell: bool = False) -> V:
+        v = super().tmp(code, labels, ell)
+        self.tmp_labels[v.code] = ",".join(labels)
+        if _FRESH_FLOAT.match(code) and not _NOT_FLOAT.search(code) and not ell:
+            self.fresh.add(f"{v.code}:{self.tmp_labels[v.code]}")
+        return v
+
+    def mul(self, e: sp.Mul) -> V:
+        factors = sp.Mul.make_args(e)
+        small = [f for f in factors if self.is_scalar(f)]
+        if len(small) < 2 or len(small) == len(factors):
+            return super().mul(e)
+        scale = self.emit(sp.Mul(*small))
+        rest = self.emit(sp.Mul(*(f for f in factors if f not in small)))
+        return self.combine([scale, rest], lambda c: f"{_paren(c[0])} * {_paren(c[1])}")
+
+    def is_scalar(self, f: sp.Basic) -> bool:
+        """No free index and no undeclared-shape value inside: a number or a 0-d tensor."""
+        if free_indices(f) or f.atoms(ir.FnCall, ir.Grad):
+            return False
+        symbols = (x for x in f.atoms(sp.Symbol) if not ir.is_index(x))
+        return all(x.name in self.names and not self.names[x.name].ell for x in symbols)
+
+
+_FRESH_FLOAT = re.compile(r"^(torch\.(?!arange|as_tensor|broadcast_to|full)\w[\w.]*\(|-?\(?t\d+ [-+*/] )")
+_NOT_FLOAT = re.compile(r" [=!<>]=? |~| & | \| |\.to\(|\.expand\(")
+_BINARY = re.compile(r"^(\s+)(t\d+) = (\S+) ([-+*/]) (\S+)$")
+_METHOD = {"+": "add_", "-": "sub_", "*": "mul_", "/": "div_"}
+
+
+def _in_place(body: list[str], fresh: set[str], labels: dict[str, str]) -> list[str]:
+    """`tN = tA op B` where tA is a fresh float temporary of tN's shape, read for the last time → tA.op_(B)."""
+    uses: dict[str, int] = {}
+    for k, line in enumerate(body):
+        for name in _TMP.findall(line.split(" = ", 1)[-1] if _BINARY.match(line) else line):
+            uses[name] = k
+    out = list(body)
+    for k, line in enumerate(body):
+        m = _BINARY.match(line)
+        if not m:
+            continue
+        indent, target, a, op, b = m.groups()
+        for mine, other in ((a, b), (b, a)) if op in "+*" else ((a, b),):
+            if uses.get(mine) == k and f"{mine}:{labels.get(target)}" in fresh and mine != other:
+                out[k] = f"{indent}{target} = {mine}.{_METHOD[op]}({other})"
+                fresh.add(f"{target}:{labels.get(target)}")
+                break
+    return out
+
+
+class LeanForwardBuilder(SourceBuilder):
+    """The loss's own forward, with each temporary deleted after its last use (fused mode's forward)."""
+
+    def forward_source(self, floats: list[ir.Param]) -> list[str]:
+        body = super().forward_source(floats)
+        at = next(k for k, line in enumerate(body) if line.lstrip().startswith("def forward("))
+        return body[:at] + body[at:at + 1] + self.rewrite(body[at + 1:])
+
+    def rewrite(self, body: list[str]) -> list[str]:
+        return _free_temporaries(body)
+
+
+class GradientBuilder(LeanForwardBuilder):
     """Generates `forward(inputs..., [grad_out])` returning the gradients, bound like the loss's forward."""
 
     def __init__(self, loss: ir.LossIR, grads: list[Gradient], vjp: bool) -> None:
@@ -44,13 +115,20 @@ class GradientBuilder(SourceBuilder):
             self.lines.append(f"_dtype_{i.name} = {i.name}.dtype")
         super().bind_input(i)
 
+    def rewrite(self, body: list[str]) -> list[str]:
+        return _free_temporaries(_in_place(body, self.em.fresh, self.em.tmp_labels))
+
     def forward_source(self, floats: list[ir.Param]) -> list[str]:
         body = super().forward_source(floats)
         if self.vjp:
-            body[0] = body[0][: -len("):")] + f", {GRAD_OUT}=None):"
-        return _free_temporaries(body)
+            at = next(k for k, line in enumerate(body) if line.lstrip().startswith("def forward("))
+            body[at] = body[at][: -len("):")] + f", {GRAD_OUT}=None):"
+        return body
 
     def finish(self, em: Emitter, result: V, weight: V | None) -> None:
+        em.__class__ = GradEmitter  # everything of the backward is emitted from here on
+        em.fresh, em.tmp_labels = set(), {}
+        self.em = em
         self.bind_reduction_symbols(em)
         outs = [self.shaped(em, g) for g in self.grads]
         self.lines.append(f"return ({', '.join(outs)},)" if self.vjp else f"return {outs[0]}")
@@ -64,14 +142,14 @@ class GradientBuilder(SourceBuilder):
         em.names[BATCH.name] = V(self.batch_size(), kind="py")
         if not self.vjp:
             return
-        if free:
+        per_element = self.grads[0].reduction == "none"
+        if per_element and free:
             sizes = ", ".join(self.size_var(f) for f in free)
             lead = f"*{GRAD_OUT}.shape[:{GRAD_OUT}.dim() - {len(free)}], " if self.loss.broadcast else ""
             w(f"_g = {GRAD_OUT}.reshape(({lead}{sizes},))")
         else:
             w(f"_g = torch.as_tensor({GRAD_OUT}, dtype=_dt, device=_dev)")
-        em.names[GRAD_OUT] = V("_g", tuple(free) if self.grads[0].reduction == "none" else (), "tensor",
-                               self.loss.broadcast and self.grads[0].reduction == "none")
+        em.names[GRAD_OUT] = V("_g", tuple(free) if per_element else (), "tensor", self.loss.broadcast and per_element)
 
     def shaped(self, em: Emitter, g: Gradient) -> str:
         """The gradient laid out like its input: axes in declared order, groups unflattened, same dtype."""
@@ -96,9 +174,8 @@ class GradientBuilder(SourceBuilder):
         return name
 
 
-def _free_temporaries(body: list[str]) -> list[str]:
+def _free_temporaries(lines: list[str]) -> list[str]:
     """Insert `del tN` after the last top-level statement that reads tN (liveness over straight-line code)."""
-    head, lines = body[0], body[1:]
     stmts: list[list[str]] = []
     for line in lines:
         if (line.startswith("        ") and not line.startswith("         ")) or not stmts:
@@ -109,7 +186,7 @@ def _free_temporaries(body: list[str]) -> list[str]:
     for k, st in enumerate(stmts):
         for name in _TMP.findall("\n".join(st)):
             last[name] = k
-    out = [head]
+    out: list[str] = []
     for k, st in enumerate(stmts):
         out += st
         dead = sorted((n for n, j in last.items() if j == k and k < len(stmts) - 1), key=lambda n: int(n[1:]))
@@ -177,6 +254,13 @@ class _Fused(torch.autograd.Function):
         return (None, None, *(grads[nm] for nm in names))
 
 
+def _lean_forward(key: int):
+    from .api import _build_class
+
+    loss = _LOSSES[key]
+    return _build_class(LeanForwardBuilder(loss).build(), class_name(loss.name)).forward
+
+
 @functools.lru_cache(maxsize=128)
 def _fused_class(base: type[torch.nn.Module], key: int) -> type[torch.nn.Module]:
     loss = _LOSSES[key]
@@ -186,11 +270,13 @@ def _fused_class(base: type[torch.nn.Module], key: int) -> type[torch.nn.Module]
 
     def forward(self, *args, **kwargs):
         inputs = [*args, *(kwargs[nm] for nm in self.input_names[len(args):])]
-        params = [getattr(self, nm) for nm in learnable]
-        return _Fused.apply(self, kinds, *inputs, *params)
+        if any(isinstance(getattr(self, nm), torch.nn.parameter.UninitializedParameter) for nm in learnable):
+            with torch.no_grad():  # the first call sizes lazily shaped parameters
+                base.forward(self, *inputs)
+        return _Fused.apply(self, kinds, *inputs, *(getattr(self, nm) for nm in learnable))
 
     return type(f"{base.__name__}Fused", (base,), {
-        "forward": forward, "_lossdsl_eager_forward": base.forward, "_lossdsl_learnable": learnable,
+        "forward": forward, "_lossdsl_eager_forward": _lean_forward(key), "_lossdsl_learnable": learnable,
         "_lossdsl_key": key, "__doc__": base.__doc__})
 
 
