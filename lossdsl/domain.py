@@ -1,0 +1,150 @@
+"""Interval bounds of IR expressions, from input kinds and parameter constraints.
+
+The rewrite rules' domain preconditions ask questions such as "is this base >= 0 and can it reach 0?" or
+"is this denominator a non-negative sum that an empty mask makes 0?". Bounds count floating-point
+saturation as reachable: sigmoid(x) reaches 0 and 1 and exp(x) reaches 0, because in float32 they do.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import sympy as sp
+
+from . import ir
+
+INF = math.inf
+FULL = (-INF, INF)
+Interval = tuple[float, float]
+KIND_BOUNDS: dict[str, Interval] = {"prob": (0.0, 1.0), "binary": (0.0, 1.0), "count": (0.0, INF),
+                                    "index": (0.0, INF), "positive": (5e-324, INF), "sign": (-1.0, 1.0)}
+
+
+def _mul(a: Interval, b: Interval) -> Interval:
+    prods = [0.0 if (x == 0 or y == 0) else x * y for x in a for y in b]
+    return min(prods), max(prods)
+
+
+def _add(a: Interval, b: Interval) -> Interval:
+    return a[0] + b[0], a[1] + b[1]
+
+
+def _exp(v: float) -> float:
+    return 0.0 if v < -700 else (INF if v > 700 else math.exp(v))
+
+
+def _log(v: float) -> float:
+    return -INF if v <= 0 else (INF if v == INF else math.log(v))
+
+
+def _pow(base: Interval, e: sp.Basic) -> Interval:
+    lo, hi = base
+    if not e.is_number:
+        return (0.0, 1.0) if lo >= 0 and hi <= 1 else ((0.0, INF) if lo >= 0 else FULL)
+    x = float(e)
+    if x.is_integer() and x > 0:
+        ends = [lo**x, hi**x]
+        if x % 2 == 0 and lo <= 0 <= hi:
+            return 0.0, max(ends)
+        return min(ends), max(ends)
+    if lo < 0:
+        return FULL
+    if x > 0:
+        return lo**x, hi**x if hi < INF else INF
+    return (hi**x if hi < INF else 0.0, INF if lo == 0 else lo**x)
+
+
+def _sum_like(body: Interval) -> Interval:
+    lo, hi = body
+    return (0.0 if lo >= 0 else -INF, 0.0 if hi <= 0 else INF)
+
+
+FUNCTIONS: dict[type, Callable[[Interval], Interval]] = {
+    sp.exp: lambda b: (_exp(b[0]), _exp(b[1])),
+    sp.log: lambda b: (_log(b[0]), _log(b[1])),
+    ir.log1p: lambda b: (_log(1 + b[0]), _log(1 + b[1])),
+    ir.expm1: lambda b: (_exp(b[0]) - 1, _exp(b[1]) - 1),
+    ir.sigmoid: lambda b: (0.0, 1.0),
+    ir.logsigmoid: lambda b: (-INF, 0.0),
+    ir.softplus: lambda b: (0.0, INF),
+    ir.relu: lambda b: (max(b[0], 0.0), max(b[1], 0.0)),
+    sp.Abs: lambda b: (0.0 if b[0] <= 0 <= b[1] else min(abs(b[0]), abs(b[1])), max(abs(b[0]), abs(b[1]))),
+    sp.tanh: lambda b: (-1.0, 1.0), sp.erf: lambda b: (-1.0, 1.0), sp.sin: lambda b: (-1.0, 1.0),
+    sp.cos: lambda b: (-1.0, 1.0), sp.cosh: lambda b: (1.0, INF), sp.sign: lambda b: (-1.0, 1.0),
+}
+
+
+class Bounds:
+    """Bounds of sub-expressions of one loss (memoised)."""
+
+    def __init__(self, loss: ir.LossIR) -> None:
+        self.loss = loss
+        self.memo: dict[sp.Basic, Interval] = {}
+
+    def __call__(self, e: sp.Basic) -> Interval:
+        if e not in self.memo:
+            self.memo[e] = self._bounds(e)
+        return self.memo[e]
+
+    def leaf(self, name: str) -> Interval:
+        inp = self.loss.input(name)
+        if inp is not None:
+            return KIND_BOUNDS.get(inp.kind, FULL)
+        p = self.loss.param(name)
+        if p is None or p.constraint is None:
+            return FULL
+        op, b = p.constraint
+        above = math.nextafter(b[0], INF)  # `> 0` keeps a denominator away from 0
+        return {"in": (b[0], b[-1]), ">": (above, INF), ">=": (b[0], INF), "<": (-INF, b[0]),
+                "<=": (-INF, b[0])}.get(op, FULL)
+
+    def _bounds(self, e: sp.Basic) -> Interval:
+        if e.is_number:
+            v = complex(e)
+            return (v.real, v.real) if v.imag == 0 else FULL
+        if isinstance(e, sp.Indexed):
+            return self.leaf(e.base.name)
+        if isinstance(e, sp.Symbol):
+            return (0.0, INF) if ir.is_index(e) else self.leaf(e.name)
+        if isinstance(e, sp.Add):
+            out = (0.0, 0.0)
+            for a in e.args:
+                out = _add(out, self(a))
+            return out
+        if isinstance(e, sp.Mul):
+            out = (1.0, 1.0)
+            for a in e.args:
+                out = _mul(out, self(a))
+            return out
+        if isinstance(e, sp.Pow):
+            return _pow(self(e.base), e.exp)
+        return self._node(e)
+
+    def _node(self, e: sp.Basic) -> Interval:
+        if e.func in FUNCTIONS:
+            return FUNCTIONS[e.func](self(e.args[0]))
+        if isinstance(e, (sp.Max, sp.Min)):
+            parts = [self(a) for a in e.args]
+            pick = max if isinstance(e, sp.Max) else min
+            return pick(p[0] for p in parts), pick(p[1] for p in parts)
+        if isinstance(e, sp.Piecewise):
+            parts = [self(p.expr) for p in e.args]
+            return min(p[0] for p in parts), max(p[1] for p in parts)
+        if isinstance(e, (ir.Sum_, ir.Prod_)):
+            return _sum_like(self(e.body)) if isinstance(e, ir.Sum_) else FULL
+        if isinstance(e, (ir.Mean_, ir.Max_, ir.Min_, ir.At)):
+            return self(e.args[0])
+        if isinstance(e, ir.Norm_):
+            return 0.0, INF
+        if isinstance(e, ir.LogSumExp_):
+            return self(e.body)[0], INF
+        if isinstance(e, ir.Softmax):
+            return 0.0, 1.0
+        if isinstance(e, ir.LogSoftmax):
+            return -INF, 0.0
+        if isinstance(e, ir.Size):
+            return 1.0, INF
+        if isinstance(e, (sp.core.relational.Relational, sp.logic.boolalg.Boolean)):
+            return 0.0, 1.0
+        return FULL

@@ -1,0 +1,220 @@
+"""A high-precision evaluator of the IR itself, in mpmath: the reference the stability report measures against.
+
+It shares nothing with the torch code path (no emitter, no generated source): it walks the SymPy expression
+with mpmath numbers, binding indices to integers, so it is an independent reading of what the formula means.
+`reference()` raises the working precision until two precisions agree, so even a naive formula that cancels
+catastrophically (log(1 + exp(-1e4))) gets its true value.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+
+import mpmath
+import numpy as np
+import sympy as sp
+
+from . import ir
+from .scope import free_indices
+
+mp = mpmath.mp
+
+
+class UnsupportedError(Exception):
+    """The loss uses something the reference evaluator does not model (fn inputs, grad, whole-tensor ...)."""
+
+
+def _log(x):
+    return mp.nan if x < 0 else mp.log(x)
+
+
+def _pow(b, e):
+    if b == 0:
+        return mp.mpf(1) if e == 0 else (mp.inf if e < 0 else mp.mpf(0))
+    if b < 0 and e != int(e):
+        return mp.nan
+    return mp.power(b, e)
+
+
+def _xlogy(x, y):
+    return mp.mpf(0) if x == 0 and not mp.isnan(y) else x * _log(y)
+
+
+def _sign(x):
+    return mp.mpf((x > 0) - (x < 0))
+
+
+FUNCS: dict[type, Callable] = {
+    sp.exp: mp.exp, sp.log: _log, sp.Abs: abs, sp.sign: _sign, sp.sin: mp.sin, sp.cos: mp.cos,
+    sp.tan: mp.tan, sp.tanh: mp.tanh, sp.cosh: mp.cosh, sp.sinh: mp.sinh, sp.acos: mp.acos, sp.asin: mp.asin,
+    sp.atan: mp.atan, sp.erf: mp.erf,
+    ir.sigmoid: lambda x: 1 / (1 + mp.exp(-x)),
+    ir.logsigmoid: lambda x: -mp.log1p(mp.exp(-x)),
+    ir.softplus: lambda x: mp.log1p(mp.exp(x)),
+    ir.relu: lambda x: max(x, mp.mpf(0)),
+    ir.log1p: lambda x: mp.nan if x < -1 else mp.log1p(x),
+    ir.expm1: mp.expm1,
+    sp.Heaviside: lambda x: mp.mpf(x > 0),
+}
+COMPARE = {sp.Eq: lambda a, b: a == b, sp.Ne: lambda a, b: a != b, sp.Lt: lambda a, b: a < b,
+           sp.Le: lambda a, b: a <= b, sp.Gt: lambda a, b: a > b, sp.Ge: lambda a, b: a >= b}
+
+
+class Evaluator:
+    """Evaluates one loss element at given index values; `arrays` hold inputs and shaped parameters
+    (object arrays of mpf, groups flattened to one axis), `scalars` undeclared-shape inputs and parameters."""
+
+    def __init__(self, loss: ir.LossIR, arrays: dict[str, np.ndarray], scalars: dict[str, object],
+                 sizes: dict[str, int]) -> None:
+        self.loss, self.arrays, self.scalars, self.sizes = loss, arrays, scalars, sizes
+        self.memo: dict = {}
+        self.free: dict[sp.Basic, tuple] = {}
+
+    def size(self, index: sp.Symbol) -> int:
+        name = str(index)
+        while True:
+            canon = self.loss.axis_of.get(name, name)
+            if canon in self.sizes:
+                return self.sizes[canon]
+            if "__" not in name:
+                raise UnsupportedError(f"no size for index {index}")
+            name = name.rsplit("__", 1)[0]
+
+    def ev(self, e: sp.Basic, env: dict) -> object:
+        if e not in self.free:
+            self.free[e] = tuple(free_indices(e))
+        key = (e, tuple(env.get(s) for s in self.free[e]))
+        if key not in self.memo:
+            self.memo[key] = self._ev(e, env)
+        return self.memo[key]
+
+    def _ev(self, e: sp.Basic, env: dict) -> object:
+        if e is sp.true or e is sp.false:
+            return bool(e)
+        if e.is_Number or e.is_NumberSymbol:
+            return mp.mpf(sp.Float(e, mp.dps + 5)) if not e.is_Integer else mp.mpf(int(e))
+        if ir.is_index(e):
+            return env[e]
+        if isinstance(e, sp.Symbol):
+            if e.name not in self.scalars:
+                raise UnsupportedError(f"no value for {e.name}")
+            return self.scalars[e.name]
+        if isinstance(e, sp.Indexed):
+            slots = tuple(int(self.ev(s, env)) for s in e.indices)
+            return self.arrays[e.base.name][slots]
+        if isinstance(e, sp.Add):
+            return mp.fsum(self.ev(a, env) for a in e.args)
+        if isinstance(e, sp.Mul):
+            return mp.fprod(self.ev(a, env) for a in e.args)
+        if isinstance(e, sp.Pow):
+            return _pow(self.ev(e.base, env), self.ev(e.exp, env))
+        return self._node(e, env)
+
+    def _node(self, e: sp.Basic, env: dict) -> object:
+        if e.func in FUNCS:
+            return FUNCS[e.func](self.ev(e.args[0], env))
+        if isinstance(e, ir.xlogy):
+            return _xlogy(self.ev(e.args[0], env), self.ev(e.args[1], env))
+        if isinstance(e, (sp.Max, sp.Min)):
+            vals = [self.ev(a, env) for a in e.args]
+            return mp.nan if any(mp.isnan(v) for v in vals) else (max if isinstance(e, sp.Max) else min)(vals)
+        if isinstance(e, sp.Piecewise):
+            return next(self.ev(p.expr, env) for p in e.args if self.ev(p.cond, env))
+        if isinstance(e, sp.core.relational.Relational):
+            return COMPARE[type(e)](self.ev(e.lhs, env), self.ev(e.rhs, env))
+        if isinstance(e, sp.And):
+            return all(self.ev(a, env) for a in e.args)
+        if isinstance(e, sp.Or):
+            return any(self.ev(a, env) for a in e.args)
+        if isinstance(e, sp.Not):
+            return not self.ev(e.args[0], env)
+        if isinstance(e, ir._Reduction):
+            return self.reduction(e, env)
+        if isinstance(e, ir._Normaliser):
+            return self.normaliser(e, env)
+        if isinstance(e, ir.At):
+            body, axes, values = e.args
+            inner = dict(env)
+            inner.update({a: int(self.ev(v, env)) for a, v in zip(axes, values, strict=True)})
+            return self.ev(body, inner)
+        if isinstance(e, ir.Size):
+            return mp.mpf(self.size(e.args[0]))
+        raise UnsupportedError(f"{type(e).__name__} is not modelled by the reference evaluator")
+
+    def terms(self, body: sp.Basic, indices: Sequence[sp.Symbol], cond: sp.Basic, env: dict) -> list:
+        out = []
+        for point in itertools.product(*(range(self.size(i)) for i in indices)):
+            inner = dict(env)
+            inner.update(zip(indices, point, strict=True))
+            if cond == sp.true or self.ev(cond, inner):
+                out.append(self.ev(body, inner))
+        return out
+
+    def reduction(self, e: ir._Reduction, env: dict) -> object:
+        vals = self.terms(e.body, e.indices, e.cond, env)
+        op = e.op
+        if op == "sum":
+            return mp.fsum(vals)
+        if op == "mean":
+            return mp.fsum(vals) / len(vals) if vals else mp.nan
+        if op == "prod":
+            return mp.fprod(vals)
+        if op in ("max", "min"):
+            return (max if op == "max" else min)(vals) if vals else (mp.ninf if op == "max" else mp.inf)
+        if op == "norm":
+            return mp.sqrt(mp.fsum(v * v for v in vals))
+        return _logsumexp(vals)
+
+    def normaliser(self, e: ir._Normaliser, env: dict) -> object:
+        c = e.index
+        vals = self.terms(e.body, [c], sp.true, env)
+        mine = vals[env[c]]
+        if e.op == "normalize":
+            return mine / max(mp.sqrt(mp.fsum(v * v for v in vals)), mp.mpf("1e-12"))
+        lse = _logsumexp(vals)
+        return mine - lse if e.op == "log_softmax" else mp.exp(mine - lse)
+
+
+def _logsumexp(vals: list) -> object:
+    if not vals:
+        return mp.ninf
+    m = max(vals)
+    if mp.isinf(m):
+        return m
+    return m + mp.log(mp.fsum(mp.exp(v - m) for v in vals))
+
+
+def elements(ev: Evaluator, expr: sp.Expr, free: Sequence[str], broadcast: Sequence[str]) -> list:
+    """Every element of the loss (reduction 'none', C order; undeclared-shape inputs broadcast first)."""
+    idx = [ir.index_symbol(f) for f in free]
+    shape = np.broadcast_shapes(*(ev.arrays[n].shape for n in broadcast)) if broadcast else ()
+    out = []
+    for cell in np.ndindex(*shape):
+        for name in broadcast:
+            ev.scalars[name] = np.broadcast_to(ev.arrays[name], shape)[cell]
+        ev.memo.clear()
+        for point in itertools.product(*(range(ev.size(i)) for i in idx)):
+            out.append(ev.ev(expr, dict(zip(idx, point, strict=True))))
+    return out
+
+
+def agree(a: object, b: object, digits: int) -> bool:
+    """Finite and equal to `digits`: a NaN or inf may be a cancellation more digits would resolve."""
+    if not (mp.isfinite(a) and mp.isfinite(b)):
+        return False
+    return abs(a - b) <= mp.mpf(10) ** (-digits) * max(abs(a), abs(b), mp.mpf(10) ** (-300))
+
+
+def converged(compute: Callable[[], list], digits: int = 20, start: int = 40,
+              cap: int = 2560) -> tuple[list, list[bool]]:
+    """compute() at rising precision until two successive precisions agree to `digits` on every value;
+    also says which values had converged when the cap was reached."""
+    dps, last = start, None
+    while True:
+        with mp.workdps(dps):
+            now = compute()
+        ok = [last is not None and agree(a, b, digits) for a, b in zip(now, last or now, strict=True)]
+        if all(ok) or dps >= cap:
+            return now, ok
+        last, dps = now, dps * 2

@@ -1,0 +1,485 @@
+"""Stability rewriting: formulas written the way papers print them → forms that stay finite and accurate.
+
+`RULES` is the table: each rule has a name, the pattern it matches and what it becomes (as text, for the
+report), its domain precondition, the function that tries it on one node, and the two formulas its tests
+use: one on which it fires and one on which its precondition fails. The pass `stability` walks the IR
+outermost-first (so `log(exp(a)/sum exp(b))` is seen whole before `exp(a)/sum exp(b)` is), rewrites the
+children, then tries the node once more, and records every firing in `LossIR.notes`.
+
+Because gradients are derived from the IR after this pass (and autograd runs through the emitted forward),
+one rewrite makes both the forward and the backward pass stable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sympy as sp
+
+from . import ir, passes
+from .domain import Bounds
+from .scope import free_indices, rename
+
+PASS_NAME = "stability"
+LOG_FLOOR = -100  # torch.nn.functional.binary_cross_entropy clamps its logs here
+COSH_SWITCH = 10  # |a| below: log1p(2 sinh(a/2)^2) (no cancellation); above: |a| - log 2 + softplus(-2|a|)
+
+A = sp.Wild("a")
+
+
+class Ctx:
+    """What a rule may ask about the loss: bounds of sub-expressions and the kinds of its inputs."""
+
+    def __init__(self, loss: ir.LossIR) -> None:
+        self.loss = loss
+        self.bounds = Bounds(loss)
+
+    def kind(self, e: sp.Basic) -> str | None:
+        name = e.base.name if isinstance(e, sp.Indexed) else (e.name if isinstance(e, sp.Symbol) else None)
+        inp = self.loss.input(name) if name else None
+        return inp.kind if inp else None
+
+    def reaches_zero_from_above(self, e: sp.Basic) -> bool:
+        lo, _ = self.bounds(e)
+        return lo == 0
+
+
+Apply = Callable[[sp.Basic, Ctx], sp.Basic | None]
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    pattern: str
+    result: str
+    precondition: str
+    apply: Apply
+    fires: str  # a loss on which the rule fires (its test)
+    not_fires: str  # a loss on which the rule's precondition fails
+    sample: tuple[float, float] = (-30.0, 30.0)  # where its value test draws inputs
+
+
+# ---- building blocks of the stable forms (pure IR, so gradient.py and the emitter need nothing new)
+def softplus(z: sp.Expr) -> sp.Expr:
+    """log(1 + exp(z)) exactly: torch's F.softplus returns z above 20 (1e-10 relative error in float64)."""
+    return -ir.logsigmoid(-z)
+
+
+def logaddexp(u: sp.Expr, v: sp.Expr) -> sp.Expr:
+    return sp.Max(u, v) + softplus(-sp.Abs(u - v))
+
+
+def iverson(cond: sp.Basic) -> sp.Expr:
+    return sp.Piecewise((1, cond), (0, True))
+
+
+def shifted(value: sp.Expr, bad: sp.Basic, by: sp.Expr) -> sp.Expr:
+    """value + by where `bad` holds: the inner half of the double-where that keeps an unused branch's
+    gradient finite (sqrt'(0) * 0 would be NaN). An addition, not a Piecewise, because SymPy folds
+    `Piecewise(...)**e` into the branches and the guard would vanish."""
+    return value + by * iverson(bad)
+
+
+def log_cosh(a: sp.Expr) -> sp.Expr:
+    near = sp.Abs(a) < COSH_SWITCH
+    small = a * iverson(near)
+    return sp.Piecewise((ir.log1p(2 * sp.sinh(small / 2) ** 2), near),
+                        (sp.Abs(a) + softplus(-2 * sp.Abs(a)) - sp.log(2), True))
+
+
+def clamped_log(p: sp.Expr, complement: bool) -> sp.Expr:
+    """max(log p, -100) (or of log1p(-p)) as torch's BCE computes it, with a finite gradient at p = 0 / 1."""
+    ok = p < 1 if complement else p > 0
+    inner = shifted(p, sp.Not(ok), -1 if complement else 1)
+    value = ir.log1p(-inner) if complement else sp.log(inner)
+    return sp.Piecewise((sp.Max(value, LOG_FLOOR), ok), (LOG_FLOOR, True))
+
+
+def position(a: sp.Expr, b: sp.Expr, c: sp.Symbol) -> sp.Basic | None:
+    """v such that b read at c = v is a (b's own c when a == b), else None."""
+    if a == b:
+        return c
+    if isinstance(a, ir.At) and len(a.args[1]) == 1:
+        body, (axis,), (value,) = a.args
+        if rename(body, {axis: c}) == b:
+            return value
+    candidates = {s for s in a.atoms(sp.Symbol) if ir.is_index(s)} | set(a.atoms(sp.Indexed))
+    for v in sorted(candidates, key=sp.default_sort_key):
+        if v != c and c not in v.free_symbols and rename(b, {c: v}) == a:
+            return v
+    return None
+
+
+def log_ratio(a: sp.Expr, total: ir.Sum_) -> sp.Expr | None:
+    """log(exp(a) / sum_{c | cond} exp(b)) without overflow or cancellation.
+
+    With v the position of a among the b's and L = logsumexp over the *other* terms of (b - a):
+    the value is -softplus(L) where v is in the sum, else -L. Shifting by a (not by the max) is what keeps
+    both the value and the autograd gradient accurate when a dominates (the loss is then ~exp(L))."""
+    if len(total.indices) != 1 or not isinstance(total.body, sp.exp):
+        return None
+    (c,), b = total.indices, total.body.args[0]
+    if a == b:
+        return ir.LogSoftmax(b, c) if total.cond == sp.true else None
+    if c in free_indices(a):
+        return None
+    v = position(a, b, c)
+    if v is None:
+        return -ir.LogSumExp_(sp.factor_terms(b - a), total.args[1], total.cond)
+    lse = ir.LogSumExp_(sp.factor_terms(b - a), total.args[1], sp.And(total.cond, sp.Ne(c, v)))
+    member = total.cond.xreplace({c: v})
+    return -softplus(lse) if member == sp.true else sp.Piecewise((-softplus(lse), member), (-lse, True))
+
+
+def _exp_over_sum(m: sp.Mul) -> tuple[sp.Expr, ir.Sum_, list[sp.Basic]] | None:
+    """Split a product into exp(a), 1/sum(exp(b)) and the other factors."""
+    factors = list(sp.Mul.make_args(m))
+    num = next((f for f in factors if isinstance(f, sp.exp)), None)
+    den = next((f for f in factors if isinstance(f, sp.Pow) and f.exp == -1 and isinstance(f.base, ir.Sum_)
+                and isinstance(f.base.body, sp.exp)), None)
+    if num is None or den is None:
+        return None
+    rest = [f for f in factors if f is not num and f is not den]
+    return num.args[0], den.base, rest
+
+
+# ---- rule functions: node -> replacement or None
+def wild(pattern: sp.Expr, result: Callable[[sp.Expr], sp.Expr]) -> Apply:
+    """A rule given as a SymPy pattern in one wildcard `a` and the form it becomes."""
+
+    def apply(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
+        if e.func != pattern.func:
+            return None
+        m = e.match(pattern)
+        return result(m[A]) if m and A in m else None
+
+    return apply
+
+
+def r_prob_log(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
+    if not isinstance(e, sp.log):
+        return None
+    u = e.args[0]
+    if ctx.kind(u) == "prob":
+        return clamped_log(u, complement=False)
+    rest = u - 1
+    if u.is_Add and ctx.kind(-rest) == "prob":
+        return clamped_log(-rest, complement=True)
+    return None
+
+
+def r_log_exp_ratio(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
+    if not (isinstance(e, sp.log) and isinstance(e.args[0], sp.Mul)):
+        return None
+    parts = _exp_over_sum(e.args[0])
+    if parts is None or parts[2]:
+        return None
+    return log_ratio(parts[0], parts[1])
+
+
+def r_log_softmax(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
+    if not isinstance(e, sp.log):
+        return None
+    u = e.args[0]
+    if isinstance(u, ir.Softmax):
+        return ir.LogSoftmax(*u.args)
+    if isinstance(u, ir.At) and isinstance(u.args[0], ir.Softmax):
+        return ir.At(ir.LogSoftmax(*u.args[0].args), u.args[1], u.args[2])
+    return None
+
+
+def r_logsumexp(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
+    if isinstance(e, sp.log) and isinstance(e.args[0], ir.Sum_) and isinstance(e.args[0].body, sp.exp):
+        s = e.args[0]
+        return ir.LogSumExp_(s.body.args[0], s.args[1], s.cond)
+    return None
+
+
+def _log_term(t: sp.Basic) -> sp.Expr | None:
+    """log of one term of a sum of exponentials: exp(u) -> u, sum exp(u) -> logsumexp(u)."""
+    if isinstance(t, sp.exp):
+        return t.args[0]
+    if isinstance(t, ir.Sum_) and isinstance(t.body, sp.exp):
+        return ir.LogSumExp_(t.body.args[0], t.args[1], t.cond)
+    return None
+
+
+def r_logaddexp(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
+    if not (isinstance(e, sp.log) and isinstance(e.args[0], sp.Add)):
+        return None
+    logs = [_log_term(t) for t in e.args[0].args]
+    if len(logs) < 2 or any(x is None for x in logs):
+        return None
+    out = logs[0]
+    for x in logs[1:]:
+        out = logaddexp(out, x)
+    return out
+
+
+def r_log1p(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
+    if not (isinstance(e, sp.log) and isinstance(e.args[0], sp.Add)):
+        return None
+    const, rest = e.args[0].as_coeff_Add()
+    return ir.log1p(rest) if const == 1 and not rest.is_number else None
+
+
+def r_expm1(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
+    if not isinstance(e, sp.Add):
+        return None
+    const, rest = e.as_coeff_Add()
+    if const not in (1, -1):
+        return None
+    for t in sp.Add.make_args(rest):
+        coeff, f = t.as_coeff_Mul()
+        if isinstance(f, sp.exp) and coeff == -const:
+            return coeff * ir.expm1(f.args[0]) + (rest - t)
+    return None
+
+
+def r_softmax(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
+    parts = _exp_over_sum(e) if isinstance(e, sp.Mul) else None
+    if parts is None or len(parts[1].indices) != 1:
+        return None
+    a, total, rest = parts
+    (c,), b = total.indices, total.body.args[0]
+    if a == b and total.cond == sp.true:
+        return sp.Mul(ir.Softmax(b, c), *rest)
+    if c in free_indices(a):
+        return None
+    v = position(a, b, c) if total.cond == sp.true else None
+    if v is None:
+        ratio = sp.exp(-ir.LogSumExp_(sp.factor_terms(b - a), total.args[1], total.cond))
+    else:
+        soft = ir.Softmax(b, c)
+        ratio = soft if v == c else ir.At(soft, sp.Tuple(c), sp.Tuple(v))
+    return sp.Mul(ratio, *rest)
+
+
+def r_lse_minus_member(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
+    if not isinstance(e, sp.Add):
+        return None
+    terms = list(e.args)
+    for t in terms:
+        if not (isinstance(t, ir.LogSumExp_) and len(t.indices) == 1):
+            continue
+        (c,), b = t.indices, t.body
+        for u in terms:
+            if u is not t and u.could_extract_minus_sign() and c not in free_indices(-u):
+                v = position(-u, b, c)
+                if v is not None and v != c:
+                    stable = -log_ratio(-u, ir.Sum_(sp.exp(b), t.args[1], t.cond))
+                    return stable + sp.Add(*(x for x in terms if x is not t and x is not u))
+    return None
+
+
+def _xlogy_pairs(m: sp.Mul) -> tuple[sp.Basic, sp.Basic, sp.Basic | None] | None:
+    """In a product, a log(u) factor and the factor x with u == x (x log x) or u == x/y (x log(x/y))."""
+    factors = sp.Mul.make_args(m)
+    for f in factors:
+        if not isinstance(f, sp.log):
+            continue
+        u = f.args[0]
+        if u in factors:
+            return f, u, None
+        num, den = sp.fraction(u)
+        if den != 1 and num in factors:
+            return f, num, den
+    return None
+
+
+def r_xlogx(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
+    found = _xlogy_pairs(e) if isinstance(e, sp.Mul) else None
+    if found is None or found[2] is not None:
+        return None
+    f, x, _ = found
+    return sp.Mul(*(g for g in sp.Mul.make_args(e) if g is not f and g != x)) * ir.xlogy(x, x)
+
+
+def r_xlog_ratio(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
+    found = _xlogy_pairs(e) if isinstance(e, sp.Mul) else None
+    if found is None or found[2] is None:
+        return None
+    f, x, y = found
+    rest = sp.Mul(*(g for g in sp.Mul.make_args(e) if g is not f and g != x))
+    return rest * (ir.xlogy(x, x) - ir.xlogy(x, y))
+
+
+def r_norm(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
+    if not (isinstance(e, sp.Pow) and e.exp == sp.Rational(1, 2) and isinstance(e.base, ir.Sum_)):
+        return None
+    s = e.base
+    if s.cond == sp.true and isinstance(s.body, sp.Pow) and s.body.exp == 2:
+        return ir.Norm_(s.body.base, s.args[1], s.cond)
+    return None
+
+
+def _guarded_pow(base: sp.Expr, exp: sp.Expr, ctx: Ctx) -> sp.Expr | None:
+    """base^exp with base in [0, inf) reaching 0 and 0 < exp < 1: same value, gradient 0 (not inf) at 0."""
+    lo, _ = ctx.bounds(base)
+    if lo != 0:
+        return None
+    if exp.is_number:
+        if not 0 < float(exp) < 1:
+            return None
+        ok = base > 0
+    else:
+        ok = sp.Or(base > 0, exp >= 1)
+    inner = shifted(base, sp.Not(ok), 1)
+    return sp.Piecewise((inner**exp, ok), (sp.Pow(0, exp), True))
+
+
+def r_sqrt(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
+    if isinstance(e, sp.Pow) and e.exp == sp.Rational(1, 2):
+        return _guarded_pow(e.base, e.exp, ctx)
+    return None
+
+
+def r_frac_pow(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
+    if isinstance(e, sp.Pow) and e.exp != sp.Rational(1, 2) and not e.exp.is_Integer:
+        return _guarded_pow(e.base, e.exp, ctx)
+    return None
+
+
+def r_empty_ratio(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
+    """num/den with den a non-negative sum that an empty mask makes 0 (no eps): 0/0 := 1, the eps -> 0
+    limit of (num + eps)/(den + eps) that Dice, IoU and Tversky use; num/0 with num != 0 stays inf."""
+    if not isinstance(e, sp.Mul):
+        return None
+    for f in e.args:
+        if not (isinstance(f, sp.Pow) and f.exp == -1):
+            continue
+        den = f.base
+        const, _ = den.as_coeff_Add()
+        lo, _ = ctx.bounds(den)
+        if lo == 0 and const == 0 and den.atoms(ir.Sum_):
+            num = sp.Mul(*(g for g in e.args if g is not f))
+            empty = sp.And(sp.Eq(den, 0), sp.Eq(num, 0))
+            return sp.Piecewise((1, empty), (num / shifted(den, empty, 1), True))
+    return None
+
+
+BCE_PROB = "loss b(p: prob, y: binary):\n    -(y*log(p) + (1 - y)*log(1 - p))\n"
+RULES: list[Rule] = [
+    Rule("log_sigmoid", "log(sigmoid(a))", "logsigmoid(a) = -softplus(-a)", "none",
+         wild(sp.log(ir.sigmoid(A)), ir.logsigmoid), "log(sigmoid(x))", "log(sigmoid(x) + 1)"),
+    Rule("log_one_minus_sigmoid", "log(1 - sigmoid(a))", "logsigmoid(-a) = -softplus(a)", "none",
+         wild(sp.log(1 - ir.sigmoid(A)), lambda a: ir.logsigmoid(-a)), "log(1 - sigmoid(x))",
+         "log(2 - sigmoid(x))"),
+    Rule("log_one_plus_exp", "log(1 + exp(a))", "softplus(a) = -logsigmoid(-a)", "none",
+         wild(sp.log(1 + sp.exp(A)), softplus), "log(1 + exp(x))", "log(2 + exp(x))"),
+    Rule("log_cosh", "log(cosh(a))", "|a| < 10: log1p(2 sinh(a/2)^2); else |a| + softplus(-2|a|) - log 2",
+         "none", wild(sp.log(sp.cosh(A)), log_cosh), "log(cosh(x))", "log(cosh(x) + 1)", (-1e4, 1e4)),
+    Rule("prob_log_clamp", "log(p), log(1 - p) with p: prob", "max(log p, -100), max(log1p(-p), -100)",
+         "p has kind prob (torch's binary_cross_entropy clamps there)", r_prob_log, BCE_PROB,
+         "loss b(p, y: binary):\n    -(y*log(p) + (1 - y)*log(1 - p))\n", (0.0, 1.0)),
+    Rule("log_softmax", "log(exp(a) / sum_c exp(b)), a = b at c = v",
+         "-softplus(logsumexp_{c != v}(b - a)) (log_softmax_c(b) when a = b)",
+         "the sum is over one index; a is one of the b's (else -logsumexp(b - a))", r_log_exp_ratio,
+         "loss ce(x[n, c], y[n]: index(c)):\n    -log(exp(x[n, y]) / sum_c(exp(x[n, c])))\n",
+         "loss ce(x[n, c], y[n]: index(c)):\n    -log(2*exp(x[n, y]) / sum_c(exp(x[n, c])))\n"),
+    Rule("log_of_softmax", "log(softmax_c(a))", "log_softmax_c(a)", "none", r_log_softmax,
+         "loss s(x[n, c]):\n    -log(softmax_c(x))\n", "loss s(x[n, c]):\n    -log(1 + softmax_c(x))\n",
+         (-30.0, 30.0)),
+    Rule("logsumexp", "log(sum_c exp(b))", "logsumexp_c(b)", "the summand is exactly exp(b)", r_logsumexp,
+         "loss l(x[n, c]):\n    log(sum_c(exp(x[n, c])))\n", "loss l(x[n, c]):\n    log(sum_c(2*exp(x[n, c])))\n",
+         (-1e4, 1e4)),
+    Rule("logaddexp", "log(A + B + ...), each exp(u) or sum exp(u)", "logaddexp of u's and logsumexps",
+         "every term is an exponential or a sum of exponentials", r_logaddexp,
+         "loss l(x[n, c], z[n]):\n    log(exp(z[n]) + sum_c(exp(x[n, c])))\n",
+         "loss l(x[n, c], z[n]):\n    log(z[n] + sum_c(exp(x[n, c])))\n", (-1e4, 1e4)),
+    Rule("log1p", "log(1 + a)", "log1p(a)", "the constant term is exactly 1", r_log1p,
+         "log(1 + x)", "log(2 + x)", (-0.9, 1e-3)),
+    Rule("expm1", "exp(a) - 1", "expm1(a)", "the constant term is exactly -1 (or 1 - exp(a))", r_expm1,
+         "exp(x) - 1", "exp(x) - 2", (-1e-3, 1e-3)),
+    Rule("softmax", "exp(a) / sum_c exp(b)", "softmax_c(b) read at a's position (else exp(-logsumexp(b - a)))",
+         "the sum is over one index not free in a", r_softmax,
+         "loss s(x[n, c]):\n    exp(x[n, c]) / sum_c(exp(x[n, c]))\n",
+         "loss s(x[n, c]):\n    exp(x[n, c]) / sum_c(exp(x[n, c]) + 1)\n", (-1e4, 1e4)),
+    Rule("lse_minus_member", "logsumexp_c(b) - a, a = b at c = v", "softplus(logsumexp_{c != v}(b - a))",
+         "a is one of the b's at a position other than c itself", r_lse_minus_member,
+         "loss ce(x[n, c], y[n]: index(c)):\n    -x[n, y] + logsumexp_c(x[n, c])\n",
+         "loss ce(x[n, c], z[n]):\n    -z[n] + logsumexp_c(x[n, c])\n", (-1e4, 1e4)),
+    Rule("xlogx", "x log(x)", "xlogy(x, x) (0 at x = 0)", "the factor is the log's argument", r_xlogx,
+         "x*log(x)", "x*log(y)", (0.0, 5.0)),
+    Rule("xlog_ratio", "x log(x / y)", "xlogy(x, x) - xlogy(x, y)", "the factor is the ratio's numerator",
+         r_xlog_ratio, "x*log(x/y)", "y*log(x/y)", (0.0, 5.0)),
+    Rule("norm_at_zero", "sqrt(sum_d b^2)", "norm_d(b) (torch's norm: gradient 0 at 0)",
+         "the sum is unconditioned and its body a square", r_norm,
+         "loss l(x[n, d]):\n    sqrt(sum_d(x[n, d]^2))\n", "loss l(x[n, d]):\n    sqrt(sum_d(x[n, d]^3))\n"),
+    Rule("sqrt_at_zero", "sqrt(b)", "sqrt(b) with gradient 0 (not inf) where b = 0",
+         "b >= 0 and can reach 0 (by kinds, |.|, squares, saturation)", r_sqrt,
+         "loss l(p: prob):\n    sqrt(p)\n", "loss l(p: positive):\n    sqrt(p)\n", (0.0, 1.0)),
+    Rule("frac_pow_at_zero", "b^g, 0 < g < 1 (or a parameter g)", "b^g with gradient 0 where b = 0 (g < 1)",
+         "b >= 0 and can reach 0", r_frac_pow,
+         "loss l(p: prob; g = 0.5 >= 0):\n    (1 - p)^g\n", "loss l(p: prob):\n    (1 - p)^1.5\n", (0.0, 1.0)),
+    Rule("empty_ratio", "num / den, den a sum of non-negative terms", "1 where num = den = 0, else num/den",
+         "den >= 0, has no constant term (eps) and sums over an axis (an empty mask makes it 0)",
+         r_empty_ratio,
+         "loss d(p[n, k]: prob, g[n, k]: binary):\n    1 - 2*sum_k(p*g) / (sum_k(p) + sum_k(g))\n",
+         "loss d(p[n, k]: prob, g[n, k]: binary):\n    1 - (2*sum_k(p*g) + 1) / (sum_k(p) + sum_k(g) + 1)\n",
+         (0.0, 1.0)),
+]
+BY_NAME = {r.name: r for r in RULES}
+
+
+class Rewriter:
+    """Applies the table to one expression, outermost first, recording firings."""
+
+    def __init__(self, ctx: Ctx, statements: list[tuple[str, sp.Expr]]) -> None:
+        self.ctx = ctx
+        self.statements = statements
+        self.fired: list[dict] = []
+
+    def where(self, e: sp.Basic) -> str:
+        return next((name for name, value in self.statements if value.has(e)), "result")
+
+    def step(self, e: sp.Basic) -> sp.Basic | None:
+        for rule in RULES:
+            out = rule.apply(e, self.ctx)
+            if out is not None and out != e:
+                self.fired.append({"pass": PASS_NAME, "rule": rule.name, "where": self.where(e),
+                                   "before": sp.sstr(e), "after": sp.sstr(out)})
+                return out
+        return None
+
+    def walk(self, e: sp.Basic) -> sp.Basic:
+        if not e.args or isinstance(e, (sp.Indexed, ir.Size, sp.Tuple)) or e.is_Boolean:
+            return e
+        out = self.step(e)
+        e = out if out is not None else e
+        if not e.args or e.is_Boolean:
+            return e
+        args = [self.walk(a) for a in e.args]
+        if any(x is not y for x, y in zip(args, e.args, strict=True)):
+            e = e.func(*args)
+        again = self.step(e) if out is None else None
+        return again if again is not None else e
+
+
+@passes.register(PASS_NAME)
+def stability(loss: ir.LossIR) -> ir.LossIR:
+    """The pass: rewrite the loss (and its reduction weight), keep the naive expression for the report."""
+    rw = Rewriter(Ctx(loss), loss.statements)
+    expr = rw.walk(loss.expr)
+    weight = rw.walk(loss.reduce_weight) if loss.reduce_weight is not None else None
+    note = {"pass": PASS_NAME, "rule": None, "naive": loss.expr, "naive_weight": loss.reduce_weight}
+    return dataclasses.replace(loss, expr=expr, reduce_weight=weight, notes=[*loss.notes, note, *rw.fired])
+
+
+def fired(loss: ir.LossIR) -> list[str]:
+    """Names of the rules that fired on a loss, in order."""
+    return [n["rule"] for n in loss.notes if n.get("pass") == PASS_NAME and n.get("rule")]
+
+
+def naive(loss: ir.LossIR) -> ir.LossIR:
+    """The loss as the front end produced it (before this pass)."""
+    note = next((n for n in loss.notes if n.get("pass") == PASS_NAME and n.get("rule") is None), None)
+    if note is None:
+        return loss
+    kept = [n for n in loss.notes if n.get("pass") != PASS_NAME]
+    return dataclasses.replace(loss, expr=note["naive"], reduce_weight=note["naive_weight"], notes=kept)
+
+
+__all__ = ["RULES", "Rule", "fired", "naive", "stability"]
