@@ -23,7 +23,7 @@ import torch
 from . import ir
 from .codegen import SourceBuilder, class_name
 from .emit import Emitter, V, _paren
-from .gradient import BATCH, GRAD_OUT, NUMEL, Gradient, derive, effective_reduction
+from .gradient import BATCH, GRAD_OUT, LSUM, NUMEL, WSUM, Gradient, derive, effective_reduction
 from .scope import free_indices
 
 _TMP = re.compile(r"\bt\d+\b")
@@ -108,6 +108,7 @@ class GradientBuilder(LeanForwardBuilder):
             axis_of.update(g.axis_of)
         super().__init__(dataclasses.replace(loss, name=f"{loss.name}_grad", expr=sp.Integer(0),
                                              reduce_weight=None, axis_of=axis_of))
+        self.expr, self.weight = loss.expr, loss.reduce_weight  # emitted only if a gradient needs them
         self.grads, self.vjp = grads, vjp
 
     def bind_input(self, i: ir.Input) -> None:
@@ -140,6 +141,13 @@ class GradientBuilder(LeanForwardBuilder):
             w(f"_numel_out = _numel(_bshape) * {' * '.join(self.size_var(f) for f in free) or '1'}")
             em.names[NUMEL.name] = V("_numel_out", kind="py")
         em.names[BATCH.name] = V(self.batch_size(), kind="py")
+        used = set().union(*(g.expr.free_symbols for g in self.grads))
+        for sym, e, var in ((WSUM, self.weight, "_wsum"), (LSUM, self.expr, "_lsum")):
+            if sym in used:
+                v = em.emit(e)
+                full = v.code if v.is_tensor else f"torch.as_tensor({v.code}, dtype=_dt, device=_dev)"
+                w(f"{var} = torch.broadcast_to({full}, _bshape).sum()")
+                em.names[sym.name] = V(var, (), "tensor")
         if not self.vjp:
             return
         per_element = self.grads[0].reduction == "none"

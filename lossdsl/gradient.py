@@ -28,8 +28,11 @@ from .scope import ELLIPSIS, free_indices, fresh, rename
 # Symbols standing for run-time quantities of the reduction; the gradient code generator binds them.
 NUMEL = sp.Symbol("numel(out)", positive=True)  # elements of a broadcast output
 BATCH = sp.Symbol("batch(out)", positive=True)  # leading size of an undeclared-shape output
+WSUM = sp.Symbol("sum(weight)", positive=True)  # a broadcast weighted mean's denominator
+LSUM = sp.Symbol("sum(loss)", real=True)  # ... and its numerator
 GRAD_OUT = "grad_out"  # the incoming gradient (vector-Jacobian product seed)
 ONE = sp.Integer(1)
+MAX_OPS = 120  # above this many operations a gradient is not expanded/factored (keeps derivation < 2 s)
 
 
 class NeedsAutogradError(Exception):
@@ -355,9 +358,12 @@ def roots(loss: ir.LossIR, reduction: str, wrt_depends: Callable[[sp.Basic], boo
     if reduction == "mean":
         count = NUMEL if loss.broadcast else sp.Mul(*(ir.Size(f) for f in free))
         return [(loss.expr, seed / count)]
-    if loss.broadcast:
-        raise NeedsAutogradError("a weighted mean over a broadcast shape")
     w = loss.reduce_weight
+    if loss.broadcast:
+        if loss.free:
+            raise NeedsAutogradError("a weighted mean over batch axes and a broadcast shape")
+        out = [(loss.expr, seed / WSUM)]
+        return [*out, (w, -seed * LSUM / WSUM**2)] if wrt_depends(w) else out
     total_w = _sum(w, [f for f in free if f in free_indices(w)]) * sp.Mul(
         *(ir.Size(f) for f in free if f not in free_indices(w)))
     out = [(loss.expr, seed / total_w)]
@@ -505,13 +511,13 @@ def _local(e: sp.Expr) -> sp.Expr:
 
 
 def _shortest(e: sp.Expr) -> sp.Expr:
-    """Try expanding and factoring the elementwise part; keep whichever prints shortest."""
-    if sp.count_ops(e) > 400:
-        return sp.factor_terms(e)
-    options = [e, sp.factor_terms(e)]
+    """Try expanding and factoring; keep whichever has fewest operations. Large gradients are left as
+    derived: expansion is where simplification time goes, and it rarely shortens them."""
+    if sp.count_ops(e) > MAX_OPS:
+        return e
     expanded = sp.expand_mul(e)
-    options += [expanded, sp.factor_terms(expanded)]
-    return min(options, key=lambda x: (sp.count_ops(x), len(str(x))))
+    return min([e, sp.factor_terms(e), expanded, sp.factor_terms(expanded)],
+               key=lambda x: (sp.count_ops(x), len(str(x))))
 
 
 def with_axes(loss: ir.LossIR, axis_of: dict[str, str]) -> ir.LossIR:

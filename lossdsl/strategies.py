@@ -93,14 +93,31 @@ def classes_of(loss: ir.LossIR, i: ir.Input, sizes: dict[str, int]) -> int | Non
 
 
 def sample_inputs(loss: ir.LossIR, gen: torch.Generator, sizes: dict[str, int] | None = None,
-                  low: int = 2, high: int = 4) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
-    """Random inputs for every tensor input of the loss (and the axis sizes chosen)."""
+                  low: int = 2, high: int = 4, params: dict | None = None,
+                  sentinel_rate: float = 0.25) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """Random inputs for every tensor input of the loss (and the axis sizes chosen).
+
+    An index input compared against a sentinel (`ignore_index`) holds that value at about `sentinel_rate`
+    of its positions, so the masked paths are exercised too."""
     sizes = dict(sizes or {})
     for a in axes_of(loss):
         sizes.setdefault(a, int(torch.randint(low, high + 1, (), generator=gen)))
     out = {name: sample(loss.input(name).kind, shape, gen, classes_of(loss, loss.input(name), sizes))
            for name, shape in shapes(loss, sizes).items()}
+    for name, values in loss.sentinels.items():
+        for v in (_sentinel_value(loss, v, params or {}) for v in values):
+            if v is not None and name in out:
+                hit = torch.rand(out[name].shape, generator=gen) < sentinel_rate
+                out[name] = torch.where(hit, torch.full_like(out[name], v), out[name])
     return out, sizes
+
+
+def _sentinel_value(loss: ir.LossIR, v: int | str, params: dict) -> int | None:
+    if isinstance(v, int):
+        return v
+    p = loss.param(v)
+    value = params.get(v, p.default if p is not None else None)
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 @st.composite

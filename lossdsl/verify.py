@@ -69,7 +69,7 @@ def verify(loss: api.Loss | str, *, trials: int = 3, seed: int = 0, reduction: s
     gen = torch.Generator().manual_seed(seed)
     report = Report(loss.name, [InputCheck(n) for n in differentiable(loss.ir)])
     for _ in range(1 if inputs is not None else trials):
-        drawn, sizes = sample_inputs(loss.ir, gen) if inputs is None else (inputs, {})
+        drawn, sizes = sample_inputs(loss.ir, gen, params=params) if inputs is None else (inputs, {})
         keywords = {k: v for k, v in sizes.items() if k in loss.axis_keywords() and k not in params}
         module = loss.compile(reduction=reduction, **params, **keywords).double()
         args = [(fns or {}).get(i.name, torch.tanh) if i.kind == "fn" else drawn[i.name] for i in loss.inputs]
