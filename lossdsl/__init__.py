@@ -2,7 +2,6 @@
 
 from . import stdlib
 from .api import Loss, compile, load, parse
-from .verify import verify
 from .errors import (
     InputError,
     KindError,
@@ -14,6 +13,7 @@ from .errors import (
     UnknownNameError,
 )
 from .latex_in import LatexError, from_latex
+from .verify import verify
 
 __all__ = [
     "InputError",
@@ -30,7 +30,7 @@ __all__ = [
     "from_latex",
     "load",
     "parse",
-    "verify",
     "stdlib",
+    "verify",
 ]
 __version__ = "0.1.0"
