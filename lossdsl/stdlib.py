@@ -67,7 +67,68 @@ def build(name: str, **params) -> torch.nn.Module:
     loss = get(name)
     module = loss.compile(**params)
     module.loss = loss
-    return module
+    return RandomInterpolation(module) if name in SAMPLED else module
+
+
+class RandomInterpolation(torch.nn.Module):
+    """A loss with an input `u[n]` of U(0, 1) draws (WGAN-GP's interpolation weights), drawn here when the
+    caller omits it: the definition stays deterministic and testable, training gets fresh draws per call."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.loss = inner.loss
+
+    def forward(self, critic: Callable, real: torch.Tensor, fake: torch.Tensor,
+                u: torch.Tensor | None = None) -> torch.Tensor:
+        if u is None:
+            u = torch.rand(real.shape[0], dtype=real.dtype if real.is_floating_point() else None,
+                           device=real.device)
+        return self.inner(critic, real, fake, u)
+
+
+SAMPLED = ("wgan_gp_d_loss",)
+
+
+class LayerSum(torch.nn.Module):
+    """sum_l weight_l * term(phi(x)[l], phi(y)[l]) over the named layers a feature extractor returns.
+
+    The language has no loop over tensors of different shapes, so the per-layer term is a stdlib loss
+    (feature_distance, gram_distance) and only this weighted sum over layers is Python. `phi` is given at
+    call time, like an `fn` input, and returns a dict of feature maps (or a list, with integer keys).
+    """
+
+    def __init__(self, term: torch.nn.Module, weights: dict | None) -> None:
+        super().__init__()
+        self.term, self.weights, self.loss = term, weights, term.loss
+
+    def forward(self, phi: Callable, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        fx, fy = phi(x), phi(y)
+        keys = self.weights or (fx.keys() if isinstance(fx, dict) else range(len(fx)))
+        weights = self.weights or dict.fromkeys(keys, 1.0)
+        return sum(w * self.term(fx[k], fy[k]) for k, w in weights.items())
+
+
+def perceptual_loss(weights: dict | None = None, **params) -> torch.nn.Module:
+    """Perceptual loss, a feature-space distance for image synthesis (Johnson, Alahi & Fei-Fei, 2016).
+
+    The sum over the named layers l of a feature extractor phi of
+    weights[l] * feature_distance(phi(x)[l], phi(y)[l]), the per-sample MSE of the features (l1 = true for L1).
+    weights: {layer name: weight}, default every layer with weight 1. Call as loss(phi, x, y); no weights are
+    downloaded: phi is any module returning a dict (or list) of feature maps."""
+    return LayerSum(build("feature_distance", **params), weights)
+
+
+def style_loss(weights: dict | None = None, **params) -> torch.nn.Module:
+    """Style loss, matching feature correlations (Gram matrices) for style transfer (Gatys et al., 2016).
+
+    The sum over the named layers l of a feature extractor phi of
+    weights[l] * gram_distance(phi(x)[l], phi(y)[l]), the MSE between Gram matrices normalised by C*H*W.
+    weights: {layer name: weight}, default every layer with weight 1. Call as loss(phi, x, y)."""
+    return LayerSum(build("gram_distance", **params), weights)
+
+
+COMPOSITES = {"perceptual_loss": (perceptual_loss, "feature_distance"), "style_loss": (style_loss, "gram_distance")}
 
 
 def _factory(name: str) -> Callable[..., torch.nn.Module]:
@@ -83,7 +144,7 @@ def __getattr__(name: str) -> Callable[..., torch.nn.Module]:
     """`lossdsl.stdlib.<loss name>` is a factory: keyword parameters in, nn.Module out."""
     if name.startswith("__") or name not in _decls():
         raise AttributeError(f"module 'lossdsl.stdlib' has no attribute '{name}'"
-                             + did_you_mean(name, names()))
+                             + did_you_mean(name, [*names(), *COMPOSITES]))
     return _factory(name)
 
 
@@ -116,11 +177,13 @@ def _value(v: float | int | bool) -> str:
 
 
 def _summary(doc: str) -> str:
-    """The docstring's first sentence: up to the first '. ' or ': ' that ends a clause."""
-    for stop in (". ", ": "):
-        if stop in doc:
-            doc = doc.split(stop, 1)[0]
-    return doc.rstrip(".")
+    """The docstring's first sentence: up to the first '. ' outside parentheses (not 'et al.')."""
+    depth = 0
+    for k, ch in enumerate(doc):
+        depth += (ch == "(") - (ch == ")")
+        if depth == 0 and ch == "." and doc[k + 1:k + 2] in (" ", "") and not doc[:k].endswith(" al"):
+            return doc[:k]
+    return doc
 
 
 def catalog() -> list[Entry]:
@@ -129,6 +192,11 @@ def catalog() -> list[Entry]:
     for name, (path, d) in _decls().items():
         out.append(Entry(name, TASKS.get(path.stem, path.stem), tuple(_describe_input(i) for i in d.inputs),
                          tuple(_describe_param(p) for p in d.params), _summary(_doc(d)), path.name))
+    for name, (factory, term) in COMPOSITES.items():
+        path, d = _decls()[term]
+        out.append(Entry(name, TASKS[path.stem], ("phi: fn", "x", "y"),
+                         ("weights: dict = all layers 1", *(_describe_param(p) for p in d.params)),
+                         _summary(" ".join((factory.__doc__ or "").split())), path.name))
     order = list(TASKS.values())
     return sorted(out, key=lambda e: (order.index(e.task) if e.task in order else len(order), e.name))
 
@@ -147,4 +215,5 @@ def format_catalog() -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["Entry", "build", "catalog", "format_catalog", "get", "names"]
+__all__ = ["Entry", "LayerSum", "RandomInterpolation", "build", "catalog", "format_catalog", "get", "names",
+           "perceptual_loss", "style_loss"]

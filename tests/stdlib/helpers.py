@@ -27,7 +27,7 @@ def _floats(xs: Sequence) -> list[torch.Tensor]:
     return [x for x in xs if isinstance(x, torch.Tensor) and x.is_floating_point()]
 
 
-def check(module: torch.nn.Module, ref: Callable, *inputs, rtol: float = 1e-9, atol: float = 1e-11) -> torch.Tensor:
+def check(module: Callable, ref: Callable, *inputs, rtol: float = 1e-9, atol: float = 1e-11) -> torch.Tensor:
     """The module and the reference agree in value and in gradient w.r.t. every floating input (float64)."""
     mine, theirs = leaves(inputs), leaves(inputs)
     out, expected = module(*mine), ref(*theirs)
@@ -43,12 +43,13 @@ def check(module: torch.nn.Module, ref: Callable, *inputs, rtol: float = 1e-9, a
     return out
 
 
-def assert_finite(module: torch.nn.Module, *inputs, dtype: torch.dtype) -> torch.Tensor:
+def assert_finite(module: Callable, *inputs, dtype: torch.dtype) -> torch.Tensor:
     """Value and gradients (inputs and learnable parameters) are finite with the inputs cast to dtype."""
     xs = leaves(inputs, dtype)
     out = module(*xs)
     assert torch.isfinite(out).all(), f"non-finite value {out}"
-    wrt = _floats(xs) + [p for p in module.parameters() if p.requires_grad]
+    params = module.parameters() if isinstance(module, torch.nn.Module) else []
+    wrt = _floats(xs) + [p for p in params if p.requires_grad]
     for g in torch.autograd.grad(out.float().sum(), wrt, allow_unused=True):
         assert g is None or torch.isfinite(g).all(), f"non-finite gradient {g}"
     return out

@@ -98,3 +98,135 @@ def test_vae_extreme_inputs(use_bce: bool, dtype: torch.dtype) -> None:
     x = torch.tensor([[1.0, 0.0, 0.5, 1.0]])
     mu, logvar = torch.tensor([[30.0, -30.0]]), torch.tensor([[10.0, -10.0]])  # exp(10) still fits float16
     assert_finite(stdlib.vae_loss(bce=use_bce), recon, x, mu, logvar, dtype=dtype)
+
+
+# ---- WGAN-GP: a small random critic, u given (deterministic) or drawn by the stdlib wrapper
+def critic_net(dtype: torch.dtype = torch.float64) -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, padding=1), torch.nn.Tanh(), torch.nn.Flatten(),
+                               torch.nn.Linear(3 * 4 * 4, 1)).to(dtype)
+
+
+def ref_wgan_gp(critic, real, fake, u, lam=10.0):
+    w = u.view(-1, 1, 1, 1)
+    xhat = w * real + (1 - w) * fake
+    if not xhat.requires_grad:
+        xhat = xhat.detach().requires_grad_(True)
+    g = torch.autograd.grad(critic(xhat).sum(), xhat, create_graph=True)[0]
+    penalty = ((g.flatten(1).norm(dim=1) - 1) ** 2).mean()
+    return critic(fake).mean() - critic(real).mean() + lam * penalty
+
+
+@pytest.mark.parametrize("lam", [10.0, 1.0])
+def test_wgan_gp_matches_reference_including_critic_gradients(lam: float) -> None:
+    critic = critic_net()
+    real, fake = torch.randn(3, 2, 4, 4, dtype=torch.float64), torch.randn(3, 2, 4, 4, dtype=torch.float64)
+    u = torch.rand(3, dtype=torch.float64)
+    module = stdlib.wgan_gp_d_loss(lambda_=lam)
+    out = check(lambda r, f, w: module(critic, r, f, w), lambda r, f, w: ref_wgan_gp(critic, r, f, w, lam),
+                real, fake, u)
+    mine = torch.autograd.grad(module(critic, real, fake, u), list(critic.parameters()))
+    theirs = torch.autograd.grad(ref_wgan_gp(critic, real, fake, u, lam), list(critic.parameters()))
+    for a, b in zip(mine, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+    assert out.requires_grad
+
+
+def test_wgan_gp_draws_uniform_interpolation_weights_per_sample() -> None:
+    critic, module = critic_net(), stdlib.wgan_gp_d_loss()
+    real, fake = torch.randn(5, 2, 4, 4, dtype=torch.float64), torch.randn(5, 2, 4, 4, dtype=torch.float64)
+    torch.manual_seed(7)
+    drawn = module(critic, real, fake)
+    torch.manual_seed(7)
+    u = torch.rand(5, dtype=torch.float64)
+    torch.testing.assert_close(drawn, ref_wgan_gp(critic, real, fake, u), rtol=1e-9, atol=1e-11)
+    assert module(critic, real, fake).item() != drawn.item()  # fresh draws on every call
+
+
+@low_precision
+def test_wgan_gp_extreme_inputs(dtype: torch.dtype) -> None:
+    critic = critic_net(torch.float32)
+    real = torch.full((2, 2, 4, 4), 1e4)
+    fake = -real
+    out = stdlib.wgan_gp_d_loss()(critic, real.to(dtype), fake.to(dtype).requires_grad_(True), torch.rand(2).to(dtype))
+    assert torch.isfinite(out).all()
+    assert all(torch.isfinite(g).all() for g in torch.autograd.grad(out, list(critic.parameters())))
+
+
+# ---- perceptual and style: a small random CNN returning named layers; no downloaded weights
+class Features(torch.nn.Module):
+    """A two-block random CNN standing in for VGG: returns {'relu1': ..., 'relu2': ...}."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block1 = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU())
+        self.block2 = torch.nn.Sequential(torch.nn.Conv2d(4, 5, 3, stride=2, padding=1), torch.nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        a = self.block1(x)
+        return {"relu1": a, "relu2": self.block2(a)}
+
+
+def gram(features: torch.Tensor) -> torch.Tensor:
+    """The textbook snippet's Gram matrix, G = F F^T / (C H W)."""
+    n, c, h, w = features.size()
+    f = features.view(n, c, h * w)
+    return torch.bmm(f, f.transpose(1, 2)) / (c * h * w)
+
+
+def images(n: int = 2) -> torch.Tensor:
+    return torch.randn(n, 3, 6, 6, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("weights", [None, {"relu1": 0.5, "relu2": 2.0}, {"relu2": 1.0}])
+@pytest.mark.parametrize("l1", [False, True])
+def test_perceptual_matches_reference(weights: dict | None, l1: bool) -> None:
+    phi = Features().double()
+    distance = F.l1_loss if l1 else F.mse_loss
+
+    def ref(x, y):
+        fx, fy = phi(x), phi(y)
+        return sum(w * distance(fx[k], fy[k]) for k, w in (weights or {"relu1": 1.0, "relu2": 1.0}).items())
+
+    module = stdlib.perceptual_loss(weights=weights, l1=l1)
+    check(lambda x, y: module(phi, x, y), ref, images(), images())
+
+
+@pytest.mark.parametrize("weights", [None, {"relu1": 1e3, "relu2": 10.0}])
+def test_style_matches_reference(weights: dict | None) -> None:
+    phi = Features().double()
+
+    def ref(x, y):
+        fx, fy = phi(x), phi(y)
+        return sum(w * F.mse_loss(gram(fx[k]), gram(fy[k]))
+                   for k, w in (weights or {"relu1": 1.0, "relu2": 1.0}).items())
+
+    module = stdlib.style_loss(weights=weights)
+    check(lambda x, y: module(phi, x, y), ref, images(), images())
+
+
+def test_perceptual_and_style_extractors_returning_lists() -> None:
+    phi = Features().double()
+
+    def as_list(x):
+        return list(phi(x).values())
+
+    x, y = images(), images()
+    assert stdlib.style_loss()(as_list, x, y).item() == pytest.approx(stdlib.style_loss()(phi, x, y).item())
+    assert stdlib.perceptual_loss(weights={1: 1.0})(as_list, x, y).item() == pytest.approx(
+        stdlib.perceptual_loss(weights={"relu2": 1.0})(phi, x, y).item())
+
+
+def test_perceptual_and_style_identical_images_are_zero() -> None:
+    phi, x = Features().double(), images()
+    assert stdlib.perceptual_loss()(phi, x, x).item() == 0.0
+    assert stdlib.style_loss()(phi, x, x).item() == 0.0
+
+
+@low_precision
+@pytest.mark.parametrize("name", ["perceptual_loss", "style_loss"])
+def test_perceptual_and_style_extreme_inputs(name: str, dtype: torch.dtype) -> None:
+    phi = Features().to(dtype)
+    scale = 10.0 if dtype == torch.float16 else 1e4  # larger images make float16 features (and Grams) overflow
+    x = torch.tensor([scale, -scale, 0.0])[torch.randint(0, 3, (2, 3, 6, 6))]
+    module = getattr(stdlib, name)()
+    assert_finite(lambda a, b: module(phi, a, b), x, torch.zeros_like(x), dtype=dtype)
