@@ -74,3 +74,67 @@ def _timed(module: torch.nn.Module, call: Callable) -> Callable:
 
     return run
 
+
+
+# ---- chunked linear + cross-entropy (the "fused linear cross-entropy" idea)
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Cross-entropy of `h @ weight.T + bias` computed chunk by chunk of rows, gradients included.
+
+    The [N, V] logits and their gradient never exist at once: each chunk's softmax is turned into its
+    gradient in place and immediately contracted into d/dh (rows of the chunk) and d/dweight (accumulated),
+    so the peak is one [chunk, V] block instead of two [N, V] tensors. Backward only scales by grad_output.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, target, chunk: int, ignore_index: int, reduction: str):
+        acc = torch.promote_types(h.dtype, torch.float32)  # accumulate in at least float32
+        keep = target != ignore_index
+        count = keep.sum().clamp(min=1).to(acc)
+        scale = 1.0 / count if reduction == "mean" else torch.ones((), dtype=acc, device=h.device)
+        losses = torch.empty(h.shape[0], dtype=acc, device=h.device)
+        grad_h = torch.empty_like(h) if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros_like(weight, dtype=acc) if ctx.needs_input_grad[1] else None
+        grad_b = torch.zeros_like(bias, dtype=acc) if ctx.needs_input_grad[2] else None
+        for start in range(0, h.shape[0], chunk):
+            rows = slice(start, start + chunk)
+            logits = (h[rows] @ weight.T).to(acc)
+            if bias is not None:
+                logits += bias
+            y, k = target[rows].clamp(min=0), keep[rows]
+            lse = torch.logsumexp(logits, dim=1)
+            losses[rows] = (lse - logits.gather(1, y[:, None]).squeeze(1)) * k
+            g = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+            g.scatter_add_(1, y[:, None], -torch.ones_like(lse)[:, None])
+            g.mul_((k * scale)[:, None])
+            if grad_h is not None:
+                grad_h[rows] = g.to(h.dtype) @ weight
+            if grad_w is not None:
+                grad_w.addmm_(g.T, h[rows].to(acc))
+            if grad_b is not None:
+                grad_b += g.sum(dim=0)
+        ctx.save_for_backward(*(t for t in (grad_h, grad_w, grad_b) if t is not None))
+        ctx.have = (grad_h is not None, grad_w is not None, grad_b is not None)
+        ctx.reduction = reduction
+        total = losses.sum()
+        return (total * scale if reduction == "mean" else total).to(h.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        saved = iter(ctx.saved_tensors)
+        grads = [next(saved) * grad_out if have else None for have in ctx.have]
+        grad_h, grad_w, grad_b = grads
+        return (grad_h, None if grad_w is None else grad_w.to(grad_out.dtype),
+                None if grad_b is None else grad_b.to(grad_out.dtype), None, None, None, None)
+
+
+def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
+                         bias: torch.Tensor | None = None, *, chunk: int = 1024, ignore_index: int = -100,
+                         reduction: str = "mean") -> torch.Tensor:
+    """F.cross_entropy(h @ weight.T + bias, target) for a large vocabulary without the full logits.
+
+    h[N, D], weight[V, D], target[N] (class indices; ignore_index rows count for nothing); reduction
+    "mean" (over kept rows, like torch) or "sum". Memory: O(chunk * V) beyond the inputs and gradients.
+    """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    return _LinearCrossEntropy.apply(h, weight, bias, target, chunk, ignore_index, reduction)
