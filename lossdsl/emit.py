@@ -23,7 +23,7 @@ FUNCS: dict[type, str] = {
     sp.sinh: "torch.sinh", sp.acos: "torch.acos", sp.asin: "torch.asin", sp.atan: "torch.atan",
     sp.erf: "torch.erf", ir.sigmoid: "torch.sigmoid", ir.logsigmoid: "torch.nn.functional.logsigmoid",
     ir.softplus: "torch.nn.functional.softplus", ir.relu: "torch.relu", ir.log1p: "torch.log1p",
-    ir.expm1: "torch.expm1",
+    ir.expm1: "torch.expm1", ir.isfinite: "torch.isfinite",
 }
 COMPARE = {sp.Eq: "==", sp.Ne: "!=", sp.Lt: "<", sp.Le: "<=", sp.Gt: ">", sp.Ge: ">="}
 FILL = {"sum": "0.0", "mean": "0.0", "norm": "0.0", "prod": "1.0", "max": "-float('inf')",
@@ -473,9 +473,11 @@ class Emitter:
     def fncall(self, e: ir.FnCall) -> V:
         f, args, labels = e.args
         vals = [self.user_layout(self.emit(a)) for a in args]
-        fn = self.names[str(f)].code
+        fn = self.callee(str(f))
         out = self.tmp(f"{fn}({', '.join(vals)})", tuple(str(x) for x in labels),
                        ell=not labels)
+        if any(str(x).startswith("*") for x in labels):
+            return self.grouped_result(out, fn)
         if labels:
             self.lines.append(f"if {out.code}.dim() != {len(labels)}:")
             self.lines.append(f"    raise self.error(f\"{fn}(...) returned shape {{tuple({out.code}.shape)}}, "
@@ -489,6 +491,22 @@ class Emitter:
             else:
                 self.lines.append(f"{var} = {out.code}.shape[{pos}]")
         return out
+
+    def grouped_result(self, out: V, fn: str) -> V:
+        """A result labelled with a `*group` comes back in the user's layout: check its shape, then flatten."""
+        shape = ", ".join(f"*G_{lab.lstrip('*')}" if lab.startswith("*") else self.size_var(lab) for lab in out.labels)
+        flat = ", ".join(self.size_var(lab) for lab in out.labels)
+        self.lines.append(f"if tuple({out.code}.shape) != ({shape},):")
+        self.lines.append(f"    raise self.error(f\"{fn}(...) returned shape {{tuple({out.code}.shape)}}, expected "
+                          f"{{({shape},)}} ({', '.join(out.labels)})\")")
+        return self.tmp(f"{out.code}.reshape(({flat},))", out.labels)
+
+    def callee(self, name: str) -> str:
+        """An `fn` input's variable, or a builtin imported from lossdsl.builtins (docs/builtins.md)."""
+        if name in self.names:
+            return self.names[name].code
+        self.lines.append(f"from lossdsl.builtins import {name} as _builtin_{name}")
+        return f"_builtin_{name}"
 
     def user_layout(self, v: V) -> str:
         """A tensor as its user sees it: axes in declaration order, `*group` axes restored to their shape."""

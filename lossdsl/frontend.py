@@ -14,6 +14,7 @@ import sympy as sp
 
 from . import ir
 from . import syntax as s
+from .builtins import REGISTRY as BUILTINS
 from .errors import KindError, LossError, ParameterError, ScopeError, ShapeError, UnknownNameError, did_you_mean
 from .scope import ELLIPSIS, Axes, free_indices, fresh, rename
 
@@ -24,6 +25,7 @@ ELEMENTWISE: dict[str, Callable[..., sp.Expr]] = {
     "cos": sp.cos, "tan": sp.tan, "tanh": sp.tanh, "cosh": sp.cosh, "sinh": sp.sinh, "acos": sp.acos,
     "asin": sp.asin, "atan": sp.atan, "sigmoid": ir.sigmoid, "logsigmoid": ir.logsigmoid,
     "softplus": ir.softplus, "relu": ir.relu, "log1p": ir.log1p, "expm1": ir.expm1, "erf": sp.erf,
+    "isfinite": ir.isfinite,
 }
 BINARY: dict[str, Callable[..., sp.Expr]] = {"min": sp.Min, "max": sp.Max, "xlogy": ir.xlogy}
 WHOLE = ("sum", "mean", "prod", "max", "min", "logsumexp", "norm")
@@ -406,7 +408,16 @@ class Lowerer:
         callee = self.lookup(f)
         if callee is not None:
             return self.inline(callee, e)
+        if f in BUILTINS:
+            return self.builtin(e)
         raise UnknownNameError(f"unknown function '{f}'" + did_you_mean(f, self.known_names()), e.span)
+
+    def builtin(self, e: s.Call) -> sp.Expr:
+        """An opaque primitive of lossdsl.builtins: a call on whole tensors whose result is labelled like f(x)[n]."""
+        spec = BUILTINS[e.func]
+        if len(e.args) != spec.arity or e.kwargs:
+            raise KindError(f"{e.func}() takes {spec.arity} arguments: {spec.signature}", e.span)
+        return ir.FnCall(sp.Symbol(e.func), sp.Tuple(*(self.expr(a) for a in e.args)), sp.Tuple())
 
     def args(self, e: s.Call, n: int) -> list[sp.Expr]:
         if len(e.args) != n or e.kwargs:

@@ -41,6 +41,13 @@ class relu(sp.Function):  # noqa: N801
         return sp.Heaviside(self.args[0], 0)
 
 
+class isfinite(sp.Function):  # noqa: N801
+    """1 where x is finite, else 0 (torch.isfinite). A test, not `x != inf`: SymPy folds that to true for reals."""
+
+    def fdiff(self, argindex=1):
+        return sp.Integer(0)
+
+
 class xlogy(sp.Function):  # noqa: N801
     """x*log(y), defined as 0 where x == 0 (torch.xlogy)."""
 
