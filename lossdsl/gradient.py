@@ -162,11 +162,13 @@ class Deriver:
         atoms = self.atoms(e)
         if not atoms:
             return
-        dummies = {a: sp.Dummy(f"a{k}", real=True) for k, a in enumerate(atoms)}
+        # every tensor value is real: SymPy must not see an opaque x[n] (|u - x[n]| would bring in re(x[n]))
+        dummies = {a: sp.Dummy(f"a{k}", real=True) for k, a in enumerate(tensor_atoms(e))}
         flat = e.xreplace(dummies)
         back = {d: a for a, d in dummies.items()}
         outer = [i for i in free_indices(e) if i != ELLIPSIS]
-        for a, d in dummies.items():
+        for a in atoms:
+            d = dummies[a]
             part = _clean(sp.diff(flat, d)).xreplace(back)
             if part == 0:
                 continue
@@ -234,6 +236,13 @@ def is_atom(e: sp.Basic) -> bool:
     return isinstance(e, (sp.Indexed, ir._Tensor)) or (isinstance(e, sp.Symbol) and not ir.is_index(e))
 
 
+def tensor_atoms(e: sp.Basic) -> list[sp.Basic]:
+    """The outermost tensor atoms of `e`, whatever they depend on."""
+    if is_atom(e):
+        return [e]
+    return list(dict.fromkeys(t for a in e.args for t in tensor_atoms(a)))
+
+
 def children(d: Deriver, atom: sp.Basic) -> list[sp.Basic]:
     if isinstance(atom, (ir._Reduction, ir._Normaliser, ir.At)):
         return d.atoms(atom.args[0])
@@ -245,8 +254,13 @@ def _sum(body: sp.Expr, indices: list[sp.Symbol]) -> sp.Expr:
 
 
 def _clean(e: sp.Expr) -> sp.Expr:
-    """Derivatives of steps (sign, Heaviside) are zero almost everywhere, as in autograd."""
-    return e.replace(lambda x: isinstance(x, sp.DiracDelta), lambda x: sp.Integer(0))
+    """As autograd: steps (sign, Heaviside) have derivative 0; max/min split a tie evenly (torch.maximum).
+
+    SymPy's d max(a, b)/da is Heaviside(a - b) (1/2 at 0, which the emitter would not honour); relu's own
+    derivative is Heaviside(x, 0), kept."""
+    e = e.replace(lambda x: isinstance(x, sp.DiracDelta), lambda x: sp.Integer(0))
+    return e.replace(lambda x: isinstance(x, sp.Heaviside) and x.args[1:] in ((), (sp.S.Half,)),
+                     lambda x: iverson(sp.Gt(x.args[0], 0)) + iverson(sp.Eq(x.args[0], 0)) / 2)
 
 
 # ---- reverse rules, one per atom type: (deriver, atom, adjoint of atom) -> pushes to the body

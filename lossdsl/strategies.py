@@ -153,7 +153,8 @@ def formula_exprs(draw: Callable, free: str = "nc", depth: int = 3) -> str:
         return draw(st.sampled_from(UNARY)).format(draw(formula_exprs(free, depth - 1)))
     if form == "binary":
         other = draw(st.sampled_from(("n", free)))
-        a, b = draw(formula_exprs(free, depth - 1)), draw(formula_exprs(other, depth - 1))
+        a = draw(formula_exprs(free, depth - 1))
+        b = draw(formula_exprs(other, depth - 1).filter(lambda t: t != a))  # a - a is a constant, not a test
         a, b = (a, b) if draw(st.booleans()) else (b, a)
         return draw(st.sampled_from(BINARY)).format(a, b)
     if form == "reduce":

@@ -17,6 +17,8 @@ from .codegen import class_name
 from .fused import differentiable
 from .strategies import sample_inputs
 
+FLOOR = {"autograd": 1e-6, "fd": 1e-6}  # below this gradient scale errors count as absolute (atol = rtol * floor)
+
 
 @dataclass
 class InputCheck:
@@ -93,7 +95,8 @@ def _check(loss, module, args, report, reduction, rtol, fd_rtol, step, points, g
     call = [leaves.get(i.name, a) for i, a in zip(loss.inputs, args, strict=True)]
     params = {n: leaves[n] for n in leaves if n not in {i.name for i in loss.inputs}}
     value = torch.func.functional_call(module, params, tuple(call)).sum()  # reduction="none": the sum
-    auto = torch.autograd.grad(value, list(leaves.values()), allow_unused=True)
+    auto = torch.autograd.grad(value, list(leaves.values()), allow_unused=True) if value.requires_grad else [
+        None] * len(leaves)  # a loss that depends on none of them
     for (name, t), a in zip(tensors.items(), auto, strict=True):
         g = loss.grad(name, reduction=reduction)
         sym = _symbolic(g, module, args)
@@ -135,8 +138,10 @@ def _finite_differences(module, args, loss, name, t, step, points, gen):
 
 
 def _worst(c: InputCheck, what: str, got: torch.Tensor, ref: torch.Tensor) -> None:
+    """Normwise errors; the scale has a floor (finite differences carry ~1e-10 absolute noise)."""
     err = float((got - ref).abs().max()) if got.numel() else 0.0
-    rel = err / max(float(ref.abs().max()) if ref.numel() else 0.0, 1e-12)
+    scale = max(float(ref.abs().max()), float(got.abs().max())) if ref.numel() else 0.0
+    rel = err / max(scale, FLOOR[what])
     if what == "autograd":
         c.abs_autograd, c.rel_autograd = max(c.abs_autograd, err), max(c.rel_autograd, rel)
     else:
