@@ -299,7 +299,7 @@ class SourceBuilder:
             axes = tuple(p.axes or ())
             if p.type == "learnable":
                 self.materialise(p)
-                w(f"{p.name} = self.{p.name}")
+                w(f"{p.name} = self.{p.name}.to(dtype=_dt)  # differentiable: the gradient reaches the parameter")
             else:
                 w(f"{p.name} = self.{p.name}.to(device=_dev, dtype=_dt)")
             if axes:
