@@ -51,7 +51,7 @@ def test_dynamic_weighting_matches_reference() -> None:
     losses, init = torch.rand(4, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
     module = stdlib.dynamic_weighting(w=init, temperature=0.5)
     check_learnable(module, lambda ls, w: (F.softmax(w / 0.5, dim=0) * ls).sum(), init, losses)
-    assert stdlib.dynamic_weighting(t=4).double()(losses).item() == pytest.approx(losses.mean().item(), rel=1e-12)
+    assert stdlib.dynamic_weighting(t=4)(losses).item() == pytest.approx(losses.mean().item(), rel=1e-12)
 
 
 @low_precision

@@ -89,6 +89,16 @@ def test_overlap_losses_extreme_logits(name: str, mode: dict, dtype: torch.dtype
     assert_finite(getattr(stdlib, name)(**mode), x, torch.randint(0, 2, x.shape).float(), dtype=dtype)
 
 
+@low_precision
+@pytest.mark.parametrize("name", ["dice_loss", "jaccard_loss", "tversky_loss"])
+def test_overlap_losses_hard_probabilities(name: str, dtype: torch.dtype) -> None:
+    """Probabilities at exactly 0 and 1, over a large map, with empty and full masks among them."""
+    p = torch.randint(0, 2, (2, 3, 64, 64)).float()
+    g = torch.randint(0, 2, p.shape).float()
+    g[0, 0], g[1, 1] = 0.0, 1.0
+    assert_finite(getattr(stdlib, name)(), p, g, dtype=dtype)
+
+
 # ---- combo
 def ref_combo(x, g, alpha=0.5, eps=1e-5):
     return alpha * F.binary_cross_entropy_with_logits(x, g) + (1 - alpha) * ref_dice(x, g, {"use_sigmoid": True}, eps)
