@@ -60,8 +60,8 @@ def _leaves(tensors: list) -> list[torch.Tensor]:
 
 
 def _compare_grads(out, ref, ours, theirs, dtype) -> None:
-    if not ours or out.numel() == 0 or bool(ref.isnan().any()):
-        return  # a 0/0 mean (zero total weight): torch's gradient is nan or 0 depending on the kernel
+    if not ours or out.numel() == 0 or not bool(ref.isfinite().all()):
+        return  # a 0/0 mean (zero total weight) or an impossible CTC alignment: torch's gradient is nan or 0
     weight = torch.linspace(0.5, 1.5, out.numel(), dtype=dtype).reshape(out.shape)
     g_ours = torch.autograd.grad((out * weight).sum(), ours, allow_unused=True)
     g_ref = torch.autograd.grad((ref * weight).sum(), theirs, allow_unused=True)
@@ -310,6 +310,55 @@ def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def test_triplet_margin_with_distance(inputs, swap, margin, distance):
     compare("triplet_margin_with_distance_loss", inputs, grad=(0, 1, 2), swap=swap, margin=margin,
             distance_function=distance)
+
+
+# ---- CTC: torch's gradient with respect to log_probs assumes they come from log_softmax (it adds
+# exp(log_probs), which log_softmax's backward cancels), so gradients are compared with respect to logits.
+@st.composite
+def ctc_problem(draw):
+    seed, frames = draw(seeds), draw(st.integers(1, 7))
+    batch, classes = draw(st.integers(1, 3)), draw(st.integers(2, 5))
+    blank = draw(st.sampled_from([0, classes - 1]))
+    target_lengths = torch.randint(0, 5, (batch,), generator=gen(seed))
+    width = int(target_lengths.max())
+    labels = torch.randint(0, classes - 1, (batch, width), generator=gen(seed + 1))
+    targets = labels + (labels >= blank).long()  # every class but the blank
+    input_lengths = torch.randint(0, frames + 1, (batch,), generator=gen(seed + 2))
+    if draw(st.booleans()):
+        targets = torch.cat([targets[k, : int(target_lengths[k])] for k in range(batch)])
+    return 2 * randn((frames, batch, classes), seed + 3), targets, input_lengths, target_lengths, blank
+
+
+@SETTINGS
+@given(problem=ctc_problem(), zero_infinity=st.booleans())
+def test_ctc_loss(problem, zero_infinity):
+    logits, targets, input_lengths, target_lengths, blank = problem
+    for dtype in (torch.float64, torch.float32):
+        for reduction in REDUCTIONS:
+            x, x_ref = logits.to(dtype).requires_grad_(), logits.to(dtype).requires_grad_()
+            args = (targets, input_lengths, target_lengths)
+            kw = {"blank": blank, "reduction": reduction, "zero_infinity": zero_infinity}
+            out = LF.ctc_loss(torch.log_softmax(x, -1), *args, **kw)
+            ref = TF.ctc_loss(torch.log_softmax(x_ref, -1), *args, **kw)
+            assert_close(out, ref, dtype)
+            _compare_grads(out, ref, [x], [x_ref], dtype)
+
+
+def test_ctc_loss_unbatched_and_length_lists():
+    logits, targets = randn((6, 4), 0), torch.tensor([1, 2, 2])
+    for reduction in REDUCTIONS:
+        out = LF.ctc_loss(torch.log_softmax(logits, -1), targets, [6], [3], reduction=reduction)
+        ref = TF.ctc_loss(torch.log_softmax(logits, -1), targets, torch.tensor(6), torch.tensor(3),
+                          reduction=reduction)
+        assert_close(out, ref, torch.float64)
+
+
+def test_ctc_lengths_are_validated():
+    lp = torch.log_softmax(randn((4, 1, 3), 0), -1)
+    with pytest.raises(lossdsl.InputError, match="at most 4"):
+        LF.ctc_loss(lp, torch.tensor([[1]]), [5], [1])
+    with pytest.raises(lossdsl.InputError, match="outside"):
+        LF.ctc_loss(lp, torch.tensor([[3]]), [4], [1])
 
 
 # ---- validation: a LossError subclass, with a message naming the problem
