@@ -25,14 +25,20 @@ class UnsupportedError(Exception):
     """The loss uses something the reference evaluator does not model (fn inputs, grad, whole-tensor ...)."""
 
 
+def re(x):
+    """Real part: the evaluator also runs on complex numbers (complex-step derivatives), where every
+    comparison, branch and |.| follows the real part so the imaginary part carries the exact derivative."""
+    return x.real if isinstance(x, mpmath.mpc) else x
+
+
 def _log(x):
-    return mp.nan if x < 0 else mp.log(x)
+    return mp.nan if re(x) < 0 else mp.log(x)
 
 
 def _pow(b, e):
     if b == 0:
-        return mp.mpf(1) if e == 0 else (mp.inf if e < 0 else mp.mpf(0))
-    if b < 0 and e != int(e):
+        return mp.mpf(1) if e == 0 else (mp.inf if re(e) < 0 else mp.mpf(0))
+    if re(b) < 0 and e != int(re(e)):
         return mp.nan
     return mp.power(b, e)
 
@@ -42,23 +48,24 @@ def _xlogy(x, y):
 
 
 def _sign(x):
-    return mp.mpf((x > 0) - (x < 0))
+    return mp.mpf((re(x) > 0) - (re(x) < 0))
 
 
 FUNCS: dict[type, Callable] = {
-    sp.exp: mp.exp, sp.log: _log, sp.Abs: abs, sp.sign: _sign, sp.sin: mp.sin, sp.cos: mp.cos,
-    sp.tan: mp.tan, sp.tanh: mp.tanh, sp.cosh: mp.cosh, sp.sinh: mp.sinh, sp.acos: mp.acos, sp.asin: mp.asin,
-    sp.atan: mp.atan, sp.erf: mp.erf,
+    sp.exp: mp.exp, sp.log: _log, sp.Abs: lambda x: -x if re(x) < 0 else x, sp.sign: _sign, sp.sin: mp.sin,
+    sp.cos: mp.cos, sp.tan: mp.tan, sp.tanh: mp.tanh, sp.cosh: mp.cosh, sp.sinh: mp.sinh, sp.acos: mp.acos,
+    sp.asin: mp.asin, sp.atan: mp.atan, sp.erf: mp.erf,
     ir.sigmoid: lambda x: 1 / (1 + mp.exp(-x)),
     ir.logsigmoid: lambda x: -mp.log1p(mp.exp(-x)),
     ir.softplus: lambda x: mp.log1p(mp.exp(x)),
-    ir.relu: lambda x: max(x, mp.mpf(0)),
-    ir.log1p: lambda x: mp.nan if x < -1 else mp.log1p(x),
+    ir.relu: lambda x: x if re(x) > 0 else mp.mpf(0),
+    ir.log1p: lambda x: mp.nan if re(x) < -1 else mp.log1p(x),
     ir.expm1: mp.expm1,
-    sp.Heaviside: lambda x: mp.mpf(x > 0),
+    sp.Heaviside: lambda x: mp.mpf(re(x) > 0),
 }
-COMPARE = {sp.Eq: lambda a, b: a == b, sp.Ne: lambda a, b: a != b, sp.Lt: lambda a, b: a < b,
-           sp.Le: lambda a, b: a <= b, sp.Gt: lambda a, b: a > b, sp.Ge: lambda a, b: a >= b}
+COMPARE = {sp.Eq: lambda a, b: a == b, sp.Ne: lambda a, b: a != b, sp.Lt: lambda a, b: re(a) < re(b),
+           sp.Le: lambda a, b: re(a) <= re(b), sp.Gt: lambda a, b: re(a) > re(b),
+           sp.Ge: lambda a, b: re(a) >= re(b)}
 
 
 class Evaluator:
@@ -118,7 +125,8 @@ class Evaluator:
             return _xlogy(self.ev(e.args[0], env), self.ev(e.args[1], env))
         if isinstance(e, (sp.Max, sp.Min)):
             vals = [self.ev(a, env) for a in e.args]
-            return mp.nan if any(mp.isnan(v) for v in vals) else (max if isinstance(e, sp.Max) else min)(vals)
+            pick = max if isinstance(e, sp.Max) else min
+            return mp.nan if any(mp.isnan(v) for v in vals) else pick(vals, key=re)
         if isinstance(e, sp.Piecewise):
             return next(self.ev(p.expr, env) for p in e.args if self.ev(p.cond, env))
         if isinstance(e, sp.core.relational.Relational):
@@ -161,7 +169,7 @@ class Evaluator:
         if op == "prod":
             return mp.fprod(vals)
         if op in ("max", "min"):
-            return (max if op == "max" else min)(vals) if vals else (mp.ninf if op == "max" else mp.inf)
+            return (max if op == "max" else min)(vals, key=re) if vals else (mp.ninf if op == "max" else mp.inf)
         if op == "norm":
             return mp.sqrt(mp.fsum(v * v for v in vals))
         return _logsumexp(vals)
@@ -171,7 +179,7 @@ class Evaluator:
         vals = self.terms(e.body, [c], sp.true, env)
         mine = vals[env[c]]
         if e.op == "normalize":
-            return mine / max(mp.sqrt(mp.fsum(v * v for v in vals)), mp.mpf("1e-12"))
+            return mine / max(mp.sqrt(mp.fsum(v * v for v in vals)), mp.mpf("1e-12"), key=re)
         lse = _logsumexp(vals)
         return mine - lse if e.op == "log_softmax" else mp.exp(mine - lse)
 
@@ -179,7 +187,7 @@ class Evaluator:
 def _logsumexp(vals: list) -> object:
     if not vals:
         return mp.ninf
-    m = max(vals)
+    m = max(vals, key=re)
     if mp.isinf(m):
         return m
     return m + mp.log(mp.fsum(mp.exp(v - m) for v in vals))
@@ -206,15 +214,24 @@ def agree(a: object, b: object, digits: int) -> bool:
     return abs(a - b) <= mp.mpf(10) ** (-digits) * max(abs(a), abs(b), mp.mpf(10) ** (-300))
 
 
-def converged(compute: Callable[[], list], digits: int = 20, start: int = 40,
-              cap: int = 2560) -> tuple[list, list[bool]]:
-    """compute() at rising precision until two successive precisions agree to `digits` on every value;
-    also says which values had converged when the cap was reached."""
-    dps, last = start, None
-    while True:
+def converged(compute: Callable[[list[int] | None], list], oracle: list | None = None, digits: int = 20,
+              start: int = 40, cap: int = 2560) -> tuple[list, list[bool]]:
+    """compute(which) at rising precision until each value is settled; returns the values and which settled.
+    `which` lists the positions still unsettled (None: all); compute returns the values at those positions.
+
+    Without an oracle a value settles when two successive precisions agree to `digits`. Agreement alone can
+    be fooled (log(1 + e^-200) is 0 at 40 and at 80 digits), so with an oracle (the same quantity by an
+    independent, well-conditioned formula) a value settles only when it agrees with the oracle."""
+    with mp.workdps(start // 2 if oracle is not None else start):
+        now = compute(None)
+    ok = [False] * len(now) if oracle is None else [agree(a, b, digits) for a, b in zip(now, oracle, strict=True)]
+    dps = start if oracle is not None else start * 2
+    while not all(ok) and dps <= cap:
+        todo = [k for k, good in enumerate(ok) if not good]
         with mp.workdps(dps):
-            now = compute()
-        ok = [last is not None and agree(a, b, digits) for a, b in zip(now, last or now, strict=True)]
-        if all(ok) or dps >= cap:
-            return now, ok
-        last, dps = now, dps * 2
+            fresh = compute(todo)
+        for k, v in zip(todo, fresh, strict=True):
+            ok[k] = agree(v, oracle[k] if oracle is not None else now[k], digits)
+            now[k] = v
+        dps *= 2
+    return now, ok

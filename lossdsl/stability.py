@@ -23,9 +23,11 @@ from .mpeval import Evaluator, UnsupportedError, converged, elements
 
 mp = mpmath.mp
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+NAMES = {v: k for k, v in DTYPES.items()}
 FORMAT = {torch.float64: (52, -1022), torch.float32: (23, -126), torch.float16: (10, -14), torch.bfloat16: (7, -126)}
 COMPUTED_IN = {torch.float16: torch.float32, torch.bfloat16: torch.float32}  # codegen's _compute_dtype
 SCALES = {"sampled": 3.0, "extreme": 1e4}
+SIZE = 2  # the size of every axis in the report's inputs (a *group: 2 too)
 
 
 def ulp(ref: object, dtype: torch.dtype) -> object:
@@ -35,7 +37,15 @@ def ulp(ref: object, dtype: torch.dtype) -> object:
     return mp.ldexp(1, e - mant)
 
 
+def rounds_to_inf(ref: object, dtype: torch.dtype) -> bool:
+    """|ref| beyond the largest finite value of dtype (by half an ulp): inf is its correct rounding."""
+    mant, _ = FORMAT[dtype]
+    return abs(ref) >= mp.mpf(torch.finfo(dtype).max) * (1 + mp.ldexp(1, -mant - 1))
+
+
 def bits(got: float, ref: object, dtype: torch.dtype) -> float:
+    if mp.isfinite(ref) and rounds_to_inf(ref, dtype):
+        return 0.0 if got == (math.inf if ref > 0 else -math.inf) else math.inf
     if mp.isnan(ref) or mp.isinf(ref):
         same = (math.isnan(got) and mp.isnan(ref)) or (not mp.isnan(ref) and got == ref)
         return 0.0 if same else math.inf
@@ -172,8 +182,8 @@ def _rounded_params(loss: ir.LossIR, params: dict, dtype: torch.dtype) -> dict[s
     cdt = COMPUTED_IN.get(dtype, dtype)
     for p in loss.params:
         v = params.get(p.name, p.default)
-        if p.axes:
-            raise UnsupportedError("shaped parameters")
+        if p.axes or isinstance(v, torch.Tensor):
+            continue  # tensors: `_param_arrays`
         if p.type in ("int", "bool"):
             out[p.name] = mp.mpf(int(v))
         else:
@@ -182,28 +192,60 @@ def _rounded_params(loss: ir.LossIR, params: dict, dtype: torch.dtype) -> dict[s
 
 
 def reference(loss: ir.LossIR, params: dict, inputs: dict, dtype: torch.dtype, grad: bool,
-              fallback: ir.LossIR | None = None) -> tuple[list, dict]:
-    """The naive formula in mpmath at the inputs the module received (rounded to dtype). Where its
-    cancellation needs more than `converged`'s cap of digits (1 - sigmoid(3e4) needs 13000), the value comes
-    from `fallback` (the rewritten formula, whose equivalence each rule's test checks against the naive one)."""
-    ref, ok = converged(_values_fn(loss, params, inputs, dtype))
-    if fallback is not None and not all(ok):
-        alt, _ = converged(_values_fn(fallback, params, inputs, dtype))
-        ref = [r if good else a for r, a, good in zip(ref, alt, ok, strict=True)]
+              oracle: ir.LossIR | None = None) -> tuple[list, dict, int]:
+    """The naive formula in mpmath at the inputs the module received (rounded to dtype), and d(sum)/d(input).
+
+    With `oracle` (the rewritten formula) the precision rises until the naive value agrees with the oracle's
+    to 20 digits; values that still disagree at 2560 digits (1 - sigmoid(3e4) needs 13000) are taken from
+    the oracle and counted in the third result."""
+    values = _values_fn(loss, params, inputs, dtype)
+    other = _values_fn(oracle, params, inputs, dtype) if oracle is not None else None
+    ref, fallbacks = _settle(lambda which: _pick(values(), which), other and (lambda which: _pick(other(), which)))
     grads = {}
     for name in _float_names(loss) if grad else []:
         count = inputs[name].numel()
-        g, ok = converged(lambda n=name, c=count: _fd_column(_values_fn(loss, params, inputs, dtype), n, c))
-        if fallback is not None and not all(ok):
-            alt, _ = converged(lambda n=name, c=count: _fd_column(_values_fn(fallback, params, inputs, dtype), n, c))
-            g = [r if good else a for r, a, good in zip(g, alt, ok, strict=True)]
-        grads[name] = g
-    return ref, grads
+        grads[name], more = _settle(lambda which, n=name, c=count: _derivatives(values, n, c, which),
+                                    other and (lambda which, n=name, c=count: _derivatives(other, n, c, which)))
+        fallbacks += more
+    return ref, grads, fallbacks
+
+
+def _pick(values: list, which: list[int] | None) -> list:
+    return values if which is None else [values[k] for k in which]
+
+
+def _derivatives(values, name: str, count: int, which: list[int] | None) -> list:
+    """d(sum of the loss)/d(input[k]) by the complex step: Im f(x + ih) / h has no cancellation, so each
+    derivative is exact to the working precision however small it is next to the loss."""
+    h = mp.mpf(10) ** (-mp.dps - 30)
+    return [mp.fsum(values((name, k, mp.mpc(0, h)))).imag / h for k in (range(count) if which is None else which)]
+
+
+def _settle(compute, oracle_compute) -> tuple[list, int]:
+    if oracle_compute is None:
+        return converged(compute)[0], 0
+    with mp.workdps(50):  # the rewritten formula is well conditioned: 50 digits give its 20
+        oracle = oracle_compute(None)
+    got, ok = converged(compute, oracle)
+    return [g if good else o for g, o, good in zip(got, oracle, ok, strict=True)], ok.count(False)
+
+
+def _param_arrays(loss: ir.LossIR, params: dict, dtype: torch.dtype, sizes: dict) -> dict[str, np.ndarray]:
+    """Shaped parameters (a per-class weight, a learnable vector) as the module sees them."""
+    out = {}
+    for p in loss.params:
+        if not p.axes:
+            continue
+        shape = tuple(sizes[loss.axis_of.get(a, a)] for a in p.axes)
+        v = torch.as_tensor(params.get(p.name, p.default), dtype=torch.float64)
+        v = v.to(COMPUTED_IN.get(dtype, dtype)).double().expand(shape)
+        out[p.name] = np.array([mp.mpf(x) for x in v.flatten().tolist()], dtype=object).reshape(shape)
+    return out
 
 
 def _values_fn(loss: ir.LossIR, params: dict, inputs: dict, dtype: torch.dtype):
     """values(delta) -> every loss element in mpmath, with input `delta = (name, k, h)` nudged by h."""
-    sizes = {**_sizes(loss, 3), **_read_sizes(loss, inputs)}
+    sizes = {**_sizes(loss, SIZE), **_read_sizes(loss, inputs)}
     exact = {k: (v.to(dtype).double() if v.is_floating_point() else v) for k, v in inputs.items()}
     broadcast = [i.name for i in loss.inputs if i.axes is None]
     if broadcast and len(broadcast) != len(loss.inputs):
@@ -218,16 +260,11 @@ def _values_fn(loss: ir.LossIR, params: dict, inputs: dict, dtype: torch.dtype):
             if delta is not None and delta[0] == i.name:
                 a[delta[1]] += delta[2]
             arrays[i.name] = a.reshape(_flat_shape(loss, i, t))
+        arrays.update(_param_arrays(loss, params, dtype, sizes))
         ev = Evaluator(loss, arrays, _rounded_params(loss, params, dtype), sizes)
         return elements(ev, loss.expr, loss.free, broadcast)
 
     return values
-
-
-def _fd_column(values, name: str, count: int) -> list:
-    """Central differences of the summed loss at the working precision (step 10^-(dps/2) keeps ~dps/2 digits)."""
-    h = mp.mpf(10) ** (-(mp.dps // 2))
-    return [(mp.fsum(values((name, k, h))) - mp.fsum(values((name, k, -h)))) / (2 * h) for k in range(count)]
 
 
 def _flat_shape(loss: ir.LossIR, i: ir.Input, t: torch.Tensor) -> tuple[int, ...]:
@@ -251,23 +288,34 @@ def _read_sizes(loss: ir.LossIR, inputs: dict) -> dict[str, int]:
 
 
 # ---- measuring
-def measure(loss_ir: ir.LossIR, naive_ir: ir.LossIR, params: dict, inputs: dict, dtype: torch.dtype,
-            grad: bool = True) -> dict[str, tuple[Measure, Measure | None]]:
-    """Bits lost by the naive and the rewritten module against the one mpmath reference."""
-    ref, ref_grads = reference(naive_ir, params, inputs, dtype, grad, fallback=loss_ir)
+def measure(loss_ir: ir.LossIR, naive_ir: ir.LossIR, params: dict, inputs: dict, dtypes: list[torch.dtype],
+            grad: bool = True) -> dict[tuple[torch.dtype, str], tuple[Measure, Measure | None]]:
+    """Bits lost by the naive and the rewritten module against one mpmath reference, per dtype. The inputs
+    must be exact in every dtype (report() draws them in float16) so that one reference serves all."""
+    ref, ref_grads, _ = reference(naive_ir, params, inputs, dtypes[0], grad, oracle=loss_ir)
     out = {}
-    for version, lir in (("naive", naive_ir), ("rewritten", loss_ir)):
-        vals, grads = computed(lir, params, inputs, dtype)
-        value = Measure.of([bits(v, r, dtype) for v, r in zip(vals, ref, strict=True)])
-        g = None
-        if grad and ref_grads:
-            g = Measure.of([bits(v, r, dtype) for n in ref_grads for v, r in zip(grads.get(n, []), ref_grads[n],
-                                                                                 strict=True)])
-        out[version] = (value, g)
+    for dtype in dtypes:
+        for version, lir in (("naive", naive_ir), ("rewritten", loss_ir)):
+            vals, grads = computed(lir, params, inputs, dtype)
+            value = Measure.of([bits(v, r, dtype) for v, r in zip(vals, ref, strict=True)])
+            g = None
+            if grad and ref_grads:
+                g = Measure.of([bits(v, r, dtype) for n in ref_grads
+                                for v, r in zip(grads.get(n, []), ref_grads[n], strict=True)])
+            out[dtype, version] = (value, g)
     return out
 
 
-def report(loss, dtypes: tuple[str, ...] = ("float32", "float16"), grad: bool = True, size: int = 3,
+def _exact_in(t: torch.Tensor, dtypes: list[torch.dtype]) -> torch.Tensor:
+    """t rounded to the narrowest of dtypes, so that it is exact in all of them."""
+    if not t.is_floating_point():
+        return t
+    for dt in sorted(dtypes, key=lambda d: torch.finfo(d).eps, reverse=True)[:1]:
+        t = t.to(dt).double()
+    return t
+
+
+def report(loss, dtypes: tuple[str, ...] = ("float32", "float16"), grad: bool = True,
            **params) -> StabilityReport:
     """The stability report of a `Loss` (rules fired, bits lost naive vs rewritten per dtype and input set)."""
     loss_ir = loss.ir
@@ -275,12 +323,13 @@ def report(loss, dtypes: tuple[str, ...] = ("float32", "float16"), grad: bool = 
     rep = StabilityReport(loss_ir.name, fired)
     try:
         naive = rewrite.naive(loss_ir)
+        types = [DTYPES[d] for d in dtypes]
         for inputs_kind, scale in SCALES.items():
-            inputs, _ = make_inputs(loss_ir, scale, size=size)
-            for dt in dtypes:
-                for version, (value, g) in measure(loss_ir, naive, params, inputs, DTYPES[dt], grad).items():
-                    rep.rows.append(Row(dt, inputs_kind, version, value, g))
-    except (UnsupportedError, TypeError, RuntimeError, ValueError) as err:
+            inputs, _ = make_inputs(loss_ir, scale, size=SIZE)
+            inputs = {k: _exact_in(v, types) for k, v in inputs.items()}
+            for (dt, version), (value, g) in measure(loss_ir, naive, params, inputs, types, grad).items():
+                rep.rows.append(Row(NAMES[dt], inputs_kind, version, value, g))
+    except Exception as err:  # a report line, not a crash, for what the reference cannot model
         rep.skipped = f"{type(err).__name__}: {err}"[:160]
     return rep
 

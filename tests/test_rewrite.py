@@ -1,0 +1,133 @@
+"""Each stability rule: it fires on its example, it does not fire where its precondition fails, and it
+preserves the value: the naive formula in mpmath (lossdsl.mpeval, independent of torch) against the rewritten
+formula in mpmath and against the rewritten module in float64."""
+
+from __future__ import annotations
+
+import math
+
+import mpmath
+import pytest
+import torch
+
+import lossdsl
+from lossdsl import ir, rewrite
+from lossdsl.rewrite import RULES, fired
+from lossdsl.stability import computed, reference
+
+mp = mpmath.mp
+
+
+def sample(loss: ir.LossIR, lo: float, hi: float, seed: int, n: int = 3) -> dict[str, torch.Tensor]:
+    """Inputs by kind (axis k of the loss has size n + k); real inputs uniform in the rule's range [lo, hi]."""
+    g = torch.Generator().manual_seed(seed)
+    axes = list(dict.fromkeys(loss.axis_of.values()))
+    size = {a: n + k for k, a in enumerate(axes)}
+    out = {}
+    for i in loss.inputs:
+        shape = tuple(size[loss.axis_of[a]] for a in i.axes) if i.axes is not None else (n + 2,)
+        u = torch.rand(shape, generator=g, dtype=torch.float64)
+        if i.kind == "index":
+            out[i.name] = torch.randint(0, size[loss.axis_of[i.kind_arg]], shape, generator=g)
+        elif i.kind == "binary":
+            out[i.name] = (u < 0.5).double()
+        elif i.kind == "prob":
+            out[i.name] = 0.01 + 0.98 * u
+        elif i.kind == "positive":
+            out[i.name] = 0.1 + u
+        else:
+            out[i.name] = lo + (hi - lo) * u
+    return out
+
+
+def close(a, b, rel: float) -> bool:
+    if not mp.isfinite(b):
+        return True  # the naive value is NaN/inf there: the rewrite may (and should) differ
+    with mp.workdps(60):
+        return abs(mp.mpf(a) - b) <= rel * max(abs(b), mp.mpf(1e-300)) + mp.mpf(1e-300)
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: r.name)
+def test_rule_fires(rule):
+    assert rule.name in fired(lossdsl.parse(rule.fires).ir)
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: r.name)
+def test_rule_does_not_fire_outside_its_precondition(rule):
+    loss = lossdsl.parse(rule.not_fires).ir
+    assert rule.name not in fired(loss)
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: r.name)
+def test_rule_preserves_value(rule):
+    loss = lossdsl.parse(rule.fires).ir
+    naive = rewrite.naive(loss)
+    assert naive.expr != loss.expr
+    for seed in range(2):
+        inputs = sample(loss, *rule.sample, seed)
+        want, _, unsettled = reference(naive, {}, inputs, torch.float64, grad=False, oracle=loss)
+        got, _ = computed(loss, {}, inputs, torch.float64)
+        finite = [w for w in want if mp.isfinite(w)]
+        assert len(finite) >= len(want) // 2, "the sample should mostly lie where the naive formula is finite"
+        assert unsettled == len(want) - len(finite), "the naive formula in mpmath must reach the rewritten value"
+        assert all(close(x, w, 1e-12) for x, w in zip(got, want, strict=True)), (rule.name, got, want)
+
+
+def test_rules_are_data():
+    names = [r.name for r in RULES]
+    assert len(names) == len(set(names))
+    required = {"log_sigmoid", "log_one_minus_sigmoid", "log_one_plus_exp", "log1p", "expm1", "logsumexp",
+                "softmax", "log_of_softmax", "logaddexp", "log_cosh", "xlogx", "xlog_ratio", "norm_at_zero",
+                "sqrt_at_zero", "prob_log_clamp", "empty_ratio", "frac_pow_at_zero"}
+    assert required <= set(names)
+    assert all(r.precondition and r.pattern and r.result for r in RULES)
+
+
+def test_notes_say_where():
+    src = "loss l(x, y: binary):\n    ls = log(sigmoid(x))\n    -y * ls\n"
+    notes = [n for n in lossdsl.parse(src).ir.notes if n.get("rule")]
+    assert notes == [{"pass": "stability", "rule": "log_sigmoid", "where": "ls", "before": "log(sigmoid(x))",
+                      "after": "logsigmoid(x)"}]
+
+
+def test_prob_clamp_matches_torch_bce_at_0_and_1():
+    p = torch.tensor([0.0, 1.0, 1e-50, 0.3, 1.0 - 1e-16], dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0], dtype=torch.float64)
+    mod = lossdsl.compile("loss b(p: prob, y: binary):\n    -(y*log(p) + (1 - y)*log(1 - p))\n", reduction="none")
+    got = mod(p, y)
+    want = torch.nn.functional.binary_cross_entropy(p.detach(), y, reduction="none")
+    torch.testing.assert_close(got, want, rtol=1e-14, atol=0)
+    got.sum().backward()
+    assert torch.isfinite(p.grad).all()
+
+
+def test_empty_masks_give_a_finite_dice():
+    mod = lossdsl.compile(RULES[[r.name for r in RULES].index("empty_ratio")].fires, reduction="none")
+    p = torch.zeros(2, 4, dtype=torch.float64, requires_grad=True)
+    g = torch.zeros(2, 4, dtype=torch.float64)
+    out = mod(p, g)
+    assert out.tolist() == [0.0, 0.0]  # empty prediction of an empty mask: Dice 1, loss 0
+    out.sum().backward()
+    assert torch.isfinite(p.grad).all()
+
+
+@pytest.mark.parametrize("formula, kind, point", [("sqrt(v)", "prob", 0.0), ("(1 - v)^0.5", "prob", 1.0),
+                                                   ("sqrt(abs(v))", "real", 0.0), ("v^0.3", "prob", 0.0)])
+def test_roots_at_zero_have_finite_gradient(formula, kind, point):
+    loss = lossdsl.parse(f"loss l(v: {kind}):\n    {formula}\n").ir
+    v = {"v": torch.tensor([point, 0.25], dtype=torch.float64)}
+    _, grads = computed(loss, {}, v, torch.float64)
+    assert grads["v"][0] == 0 and grads["v"][1] != 0  # 0 at the root, the true derivative away from it
+    _, naive = computed(rewrite.naive(loss), {}, v, torch.float64)
+    assert not math.isfinite(naive["v"][0]) and naive["v"][1] == grads["v"][1]  # plain torch: inf at the root
+
+
+def test_focal_power_keeps_torch_semantics_for_integer_gamma():
+    src = "loss f(p: prob; gamma = 2.0 >= 0):\n    -(1 - p)^gamma * log(p)\n"
+    p = torch.tensor([0.2, 1.0, 0.999], dtype=torch.float64, requires_grad=True)
+    for gamma in (0.0, 1.0, 2.0, 0.5):
+        mod = lossdsl.compile(src, gamma=gamma, reduction="none")
+        want = -(1 - p.detach()) ** gamma * torch.log(p.detach())
+        torch.testing.assert_close(mod(p), want, rtol=1e-14, atol=0)
+        (g,) = torch.autograd.grad(mod(p).sum(), p)
+        assert torch.isfinite(g).all()
