@@ -181,6 +181,8 @@ def wild(pattern: sp.Expr, result: Callable[[sp.Expr], sp.Expr]) -> Apply:
 
 
 def r_prob_log(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
+    if isinstance(e, ir.log1p) and ctx.kind(-e.args[0]) == "prob":
+        return clamped_log(-e.args[0], complement=True)
     if not isinstance(e, sp.log):
         return None
     u = e.args[0]
@@ -399,9 +401,11 @@ RULES: list[Rule] = [
          "log(2 - sigmoid(x))"),
     Rule("log_one_plus_exp", "log(1 + exp(a))", "softplus(a) = -logsigmoid(-a)", "none",
          wild(sp.log(1 + sp.exp(A)), softplus), "log(1 + exp(x))", "log(2 + exp(x))"),
+    Rule("log1p_exp", "log1p(exp(a))", "softplus(a) = -logsigmoid(-a)", "none",
+         wild(ir.log1p(sp.exp(A)), softplus), "log1p(exp(x))", "log1p(exp(x) + 1)"),
     Rule("log_cosh", "log(cosh(a))", "|a| < 10: log1p(2 sinh(a/2)^2); else |a| + softplus(-2|a|) - log 2",
          "none", wild(sp.log(sp.cosh(A)), log_cosh), "log(cosh(x))", "log(cosh(x) + 1)", (-1e4, 1e4)),
-    Rule("prob_log_clamp", "log(p), log(1 - p) with p: prob", "max(log p, -100), max(log1p(-p), -100)",
+    Rule("prob_log_clamp", "log(p), log(1 - p), log1p(-p) with p: prob", "max(log p, -100), max(log1p(-p), -100)",
          "p has kind prob (torch's binary_cross_entropy clamps there)", r_prob_log, BCE_PROB,
          "loss b(p, y: binary):\n    -(y*log(p) + (1 - y)*log(1 - p))\n", (0.0, 1.0)),
     Rule("log_softmax", "log(exp(a) / sum_c exp(b)), a = b at c = v",

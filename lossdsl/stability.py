@@ -15,6 +15,7 @@ from pathlib import Path
 
 import mpmath
 import numpy as np
+import sympy as sp
 import torch
 
 from . import ir, rewrite
@@ -110,7 +111,15 @@ class StabilityReport:
 
 # ---- inputs
 def _sizes(loss: ir.LossIR, size: int) -> dict[str, int]:
-    return {loss.axis_of.get(a, a): (2 if a.startswith("*") else size) for a in loss.axis_of}
+    """`size` for every axis, more where the formula reads a constant position (box coordinates b[n, 3])."""
+    out = {loss.axis_of.get(a, a): (2 if a.startswith("*") else size) for a in loss.axis_of}
+    for x in loss.expr.atoms(sp.Indexed):
+        decl = loss.input(x.base.name) or loss.param(x.base.name)
+        for axis, slot in zip(decl.axes or (), x.indices, strict=False):
+            if slot.is_Integer:
+                canon = loss.axis_of.get(axis, axis)
+                out[canon] = max(out[canon], int(slot) + 1)
+    return out
 
 
 def _shape(loss: ir.LossIR, axes: tuple[str, ...] | None, sizes: dict[str, int], size: int) -> tuple[int, ...]:
