@@ -57,7 +57,7 @@ def main() -> dict[str, float]:
         seed(0)
         model = net()
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-        for _ in range(steps(200, 3)):
+        for _ in range(steps(150, 3)):
             idx = torch.randint(0, len(xtr), (16,), generator=gen)
             opt.zero_grad()
             loss_fn(model(xtr[idx]), ytr[idx]).backward()

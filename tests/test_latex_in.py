@@ -180,3 +180,11 @@ def test_unreadable_formulas_give_a_caret_error(tex, message, column):
     text = str(info.value)
     assert message in text and info.value.column == column
     assert "^" in text.splitlines()[-1]
+
+
+def test_losses_and_gradients_render_as_latex_in_jupyter():
+    loss = from_latex(r"\mathcal{L}_{Sq} = \frac{1}{2} \alpha (x - y)^2")
+    shown = loss._repr_latex_()
+    assert shown.startswith("$\\displaystyle ") and shown.endswith("$") and "\\alpha" in shown
+    grad = loss.grad("x")._repr_latex_()
+    assert grad.startswith("$\\displaystyle \\frac{\\partial L}{\\partial x}") and "\\alpha" in grad
