@@ -2,7 +2,8 @@
 
 Entries are pickles keyed by a SHA-256 of what determines them: the caller's parts (the loss text and
 declarations) plus `fingerprint()`, which covers the lossdsl version, the generator's own source files
-(every `lossdsl/*.py`, the grammar) and the stdlib texts a loss may inline. Editing any of them changes
+(`lossdsl/*.py` but the post-pipeline modules of NOT_GENERATOR, the grammar) and the stdlib texts a loss
+may inline. Editing any of them changes
 every key, so a stale entry is never read; nothing is ever invalidated in place.
 
 The directory is `$LOSSDSL_CACHE_DIR`, else `$XDG_CACHE_HOME/lossdsl`, else `~/.cache/lossdsl`;
@@ -38,14 +39,20 @@ def enabled() -> bool:
     return os.environ.get("LOSSDSL_CACHE", "1").lower() not in ("0", "false", "off", "no")
 
 
+# Modules that run after the pipeline (modes, wrappers, tools) and cannot change a cached parse or Loss;
+# every other module counts as the generator's own source, so a new pass module is covered by default.
+NOT_GENERATOR = frozenset({"cache.py", "compiled.py", "fused.py", "gradient.py", "functional.py", "nn.py",
+                           "stdlib.py", "verify.py", "latex_in.py", "latex_emit.py", "cli.py"})
+
+
 @functools.cache
 def fingerprint() -> str:
     """Hash of everything besides the caller's key parts that can change a pipeline result."""
     from . import __version__
 
     h = hashlib.sha256(__version__.encode())
-    files = [*sorted(PACKAGE_DIR.glob("*.py")), *sorted((ROOT / "grammar").glob("*.lark")),
-             *sorted((ROOT / "stdlib").glob("*.loss"))]
+    modules = [p for p in sorted(PACKAGE_DIR.glob("*.py")) if p.name not in NOT_GENERATOR]
+    files = [*modules, *sorted((ROOT / "grammar").glob("*.lark")), *sorted((ROOT / "stdlib").glob("*.loss"))]
     for path in files:
         h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
