@@ -143,8 +143,8 @@ def poisson_nll_loss(input: Tensor, target: Tensor, log_input: bool = True, full
                      reduction: str = "mean") -> Tensor:
     """Poisson negative log likelihood (torch.nn.functional.poisson_nll_loss)."""
     reduction = _reduction(reduction, size_average, reduce)
-    return _run("poisson_nll_loss", reduction, input, target, log_input=bool(log_input), full=bool(full),
-                eps=float(eps))
+    name = "poisson_nll_loss" + ("" if log_input else "_rate") + ("_full" if full else "")
+    return _run(name, reduction, input, target, eps=None if log_input else float(eps))
 
 
 def gaussian_nll_loss(input: Tensor, target: Tensor, var: Tensor | float, full: bool = False, eps: float = 1e-6,
@@ -212,9 +212,11 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, s
                                   f"{tuple(input.shape)}, got {tuple(target.shape)}")
         out = _run("cross_entropy_probs", reduction, input, target, weight=weight,
                    label_smoothing=float(label_smoothing))
+    elif label_smoothing == 0:
+        out = _run("cross_entropy", reduction, input, target, weight=weight, ignore_index=int(ignore_index))
     else:
-        out = _run("cross_entropy", reduction, input, target, weight=weight, ignore_index=int(ignore_index),
-                   label_smoothing=float(label_smoothing))
+        out = _run("cross_entropy_smoothed", reduction, input, target, weight=weight,
+                   ignore_index=int(ignore_index), label_smoothing=float(label_smoothing))
     return _batched(out, unbatched, reduction)
 
 
@@ -353,8 +355,8 @@ def triplet_margin_loss(anchor: Tensor, positive: Tensor, negative: Tensor, marg
     unbatched = anchor.dim() == 1
     anchor, positive, negative = torch.broadcast_tensors(*(t.reshape(-1, t.shape[-1]) if unbatched else t
                                                            for t in (anchor, positive, negative)))
-    out = _run("triplet_margin_loss", reduction, anchor, positive, negative, margin=float(margin), p=float(p),
-               eps=float(eps), swap=bool(swap))
+    out = _run("triplet_margin_loss_swap" if swap else "triplet_margin_loss", reduction, anchor, positive, negative,
+               margin=float(margin), p=float(p), eps=float(eps))
     return _batched(out, unbatched, reduction)
 
 
@@ -367,8 +369,8 @@ def triplet_margin_with_distance_loss(anchor: Tensor, positive: Tensor, negative
         raise ParameterError(f"margin must be greater than 0, got {margin}")
     _same_rank(anchor, positive, negative)
     distance = pairwise_distance if distance_function is None else distance_function
-    return _run("triplet_margin_with_distance_loss", reduction, anchor, positive, negative, distance,
-                margin=float(margin), swap=bool(swap))
+    name = "triplet_margin_with_distance_loss" + ("_swap" if swap else "")
+    return _run(name, reduction, anchor, positive, negative, distance, margin=float(margin))
 
 
 # ---- sequences

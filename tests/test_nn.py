@@ -116,6 +116,6 @@ def test_one_line_swap_trains():
         before = criterion(model(x), y)
         before.backward()
         opt.step()
-        losses.append((float(before), float(criterion(model(x), y))))
+        losses.append((before.item(), criterion(model(x), y).item()))
     assert losses[0] == pytest.approx(losses[1], rel=1e-10)
     assert losses[0][1] < losses[0][0]
