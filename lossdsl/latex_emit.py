@@ -55,6 +55,7 @@ class Emitter:
     inputs: dict[str, InputDecl] = field(default_factory=dict)
     params: list[str] = field(default_factory=list)
     defined: dict[str, tuple[list[str], Node]] = field(default_factory=dict)
+    param_axes: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         trees = [self.main, *(body for _, body in self.defs)]
@@ -103,7 +104,8 @@ class Emitter:
                 for sub in _walk([n]):
                     if isinstance(sub, (Sym, Apply)):
                         name = self.value_name(sub)
-                        if name and self.kind(name, sub) == "input":
+                        if name and name not in self.param_defaults and \
+                                self.kind(name, sub, True) in ("input", "param"):
                             self.vector_names.add(name)
             if isinstance(n, Sym) and n.bold:
                 self.vector_names.add(self.split(n)[0])
@@ -124,7 +126,7 @@ class Emitter:
                 slots.append(("gather", gather))
             else:
                 suffix.append(_suffix(item))
-        base = s.base if not suffix else s.base + "_" + "_".join(suffix)
+        base = s.base if not suffix else s.base.rstrip("_") + "_" + "_".join(suffix)
         return base, slots
 
     def gather(self, item: list[Tok]) -> Sym | None:
@@ -146,15 +148,16 @@ class Emitter:
         """Named a vector, or a variant of one (`k_+` of the vector `k`)."""
         return name is not None and (name in self.vector_names or name.split("_")[0] in self.vector_names)
 
-    def kind(self, name: str, s: Sym | Apply) -> str:
+    def kind(self, name: str, s: Sym | Apply, indexed: bool = False) -> str:
+        """What a name is. Greek letters and words are parameters, but an indexed word is a tensor."""
         style = s.style if isinstance(s, Sym) else "letter"
         if name in self.defined:
             return "inter"
         if style == "const":
             return "const"
-        if name in self.forced_inputs:
-            return "input"
-        if name in self.param_defaults or style in ("greek", "word"):
+        if name in self.forced_inputs or (name in self.vector_names and name not in self.param_defaults):
+            return "input"  # what a norm or a dot product reads is a tensor, Greek or not (\\phi_l, \\mu)
+        if name in self.param_defaults or style == "greek" or (style == "word" and not indexed):
             return "param"
         if len(name) == 1 and name.isupper() and name.lower() in {self.idx(i) for i in self.indices}:
             return "size"
@@ -166,7 +169,7 @@ class Emitter:
         lines = [f"{name}{'[' + ', '.join(axes) + ']' if axes else ''} = {self.emit(body)}"
                  for name, (axes, body) in self.ordered_defs()]
         ins = [self.input_decl(name, d) for name, d in self.inputs.items()]
-        ps = [p if self.param_defaults.get(p) is None else f"{p} = {self.param_defaults[p]!r}" for p in self.params]
+        ps = [self.param_decl(p) for p in self.params]
         header = f"loss {loss_name}({', '.join(ins)}{'; ' + ', '.join(ps) if ps else ''}):"
         notes = "".join(f"# note: {n}\n" for n in self.notes)
         body = "".join(f"    {line}\n" for line in [*lines, f"return {ret}"])
@@ -191,6 +194,11 @@ class Emitter:
             visit(name, ())
         return [(n, self.defined[n]) for n in done]
 
+    def param_decl(self, name: str) -> str:
+        axes = f"[{', '.join(self.param_axes[name])}]" if name in self.param_axes else ""
+        default = self.param_defaults.get(name)
+        return f"{name}{axes}" + ("" if default is None else f" = {default!r}")
+
     def input_decl(self, name: str, d: InputDecl) -> str:
         axes = [*d.axes, *([self.vec_axis] if d.vector else [])]
         text = name + (f"[{', '.join(axes)}]" if axes else "")
@@ -208,12 +216,14 @@ class Emitter:
         return self.reference(name, slots, s)
 
     def reference(self, name: str, slots: list[tuple[str, object]], s: Sym | Apply) -> str:
-        kind = self.kind(name, s)
+        kind = self.kind(name, s, bool(slots))
         if kind == "const":
             return "pi"
+        if kind == "param" and slots:
+            return self.shaped_param(name, slots, s)
         if kind in ("size", "param"):
             if slots:
-                raise LatexError(f"'{name}' is a parameter here and cannot take an index", _span(self.text, s.pos))
+                raise LatexError(f"'{name}' is the size of an axis and cannot take an index", _span(self.text, s.pos))
             if kind == "param" and name not in self.params:
                 self.params.append(_check_name(name, self.text, s.pos))
             return name
@@ -224,6 +234,20 @@ class Emitter:
                                  _span(self.text, s.pos))
             return name + (f"[{', '.join(self.slot(k, v, name) for k, v in slots)}]" if slots else "")
         return self.input_reference(name, slots, s)
+
+    def shaped_param(self, name: str, slots: list[tuple[str, object]], s: Sym | Apply) -> str:
+        """`\\lambda_l` under `\\sum_l`: a per-index parameter, declared `lambda[l]`."""
+        if any(k != "index" for k, _ in slots):
+            raise LatexError(f"the parameter '{name}' can be indexed by summation indices only",
+                             _span(self.text, s.pos))
+        letters = [self.idx(str(v)) for _, v in slots]
+        if name not in self.params:
+            self.params.append(_check_name(name, self.text, s.pos))
+            self.param_axes[name] = letters
+        elif len(self.param_axes.get(name, [])) != len(letters):
+            raise LatexError(f"'{name}' is used with {len(letters)} indices here but not elsewhere",
+                             _span(self.text, s.pos))
+        return f"{name}[{', '.join(letters)}]"
 
     def input_reference(self, name: str, slots: list[tuple[str, object]], s: Sym | Apply) -> str:
         _check_name(name, self.text, s.pos)

@@ -53,6 +53,7 @@ class Tok:
 
 
 # ---- tokens
+_WORD = re.compile(r"[A-Za-z]{4,}")
 _TOKEN = re.compile(r"\\\\|\\[a-zA-Z]+|\\.|\d+(?:\.\d+)?|\.\d+|[a-zA-Z]|\S", re.S)
 
 
@@ -77,6 +78,9 @@ def _tokens(text: str) -> list[Tok]:
                 _, end = _braced_raw(text, end, tok)
         elif tok == "\\\\":
             out.append(Tok("sym", "\\\\", pos))
+        elif tok.isalpha() and (word := _WORD.match(text, pos)):
+            out.append(Tok("word", word.group(), pos))  # `Prediction_{ij}`: a name, not ten letters
+            end = word.end()
         elif tok.startswith("\\") and len(tok) == 2 and not tok[1].isalpha():
             out.append(Tok("sym", tok, pos))
         elif tok.startswith("\\"):
@@ -312,7 +316,8 @@ class Reader:
             elif self.at("sym", "'") and isinstance(node, Sym):
                 self.next()
                 node.base += "_prime"
-            elif self.at("sym", "(") and isinstance(node, Sym) and node.style == "letter" and self.applies():
+            elif self.at("sym", "(") and isinstance(node, Sym) and node.style in ("letter", "word") \
+                    and self.applies():
                 t = self.next()
                 node = Apply(t.pos, node, self.arglist(")"))
             else:
@@ -464,8 +469,8 @@ class Reader:
             return self.function(t, FUNCS[c])
         if c == "pi":
             return Sym(t.pos, "pi", "const")
-        if c in GREEK:
-            return Sym(t.pos, c, "greek")
+        if c in GREEK:  # `lambda` cannot name a Python argument of the generated module: lambda_ (as the stdlib)
+            return Sym(t.pos, "lambda_" if c == "lambda" else c, "greek")
         if c in ACCENTS:
             inner = self.accented()
             inner.base += "_" + ACCENTS[c]
@@ -475,6 +480,12 @@ class Reader:
             if isinstance(inner, Sym) and inner.base in ("1", "I"):
                 return self.iverson(t)
             inner.bold = True
+            return inner
+        if c in ("underbrace", "overbrace"):
+            inner = Reader(self.text, self.group_tokens()).whole()
+            if self.at("sym", "_") or self.at("sym", "^"):
+                self.next()
+                self.group_tokens()  # the brace's label
             return inner
         if c in ("mathcal", "mathscr", "mathfrak"):
             return self.accented()
@@ -710,8 +721,8 @@ def _definition(text: str, clause: list[Tok], eqs: list[int], notes: list[str]) 
 def _name_from_lhs(lhs: list[Tok]) -> str | None:
     """`\\mathcal{L}_{Dice} = ...` names the loss 'dice'."""
     words = [t.text for t in lhs if t.kind in ("letter", "word")]
-    if len(words) > 2 and words[0] == "L":
-        name = "".join(words[1:]).lower()
+    name = "".join(words[1:]).lower()
+    if len(name) > 1 and words[0] == "L":
         return name if re.fullmatch(r"[a-z]\w*", name) and name not in RESERVED else None
     return None
 

@@ -188,3 +188,19 @@ def test_losses_and_gradients_render_as_latex_in_jupyter():
     assert shown.startswith("$\\displaystyle ") and shown.endswith("$") and "\\alpha" in shown
     grad = loss.grad("x")._repr_latex_()
     assert grad.startswith("$\\displaystyle \\frac{\\partial L}{\\partial x}") and "\\alpha" in grad
+
+
+def test_indexed_greek_is_a_per_index_parameter_and_greek_in_a_norm_is_a_tensor():
+    loss = from_latex(r"\mathcal{L}_{perc} = \sum_{l} \lambda_l \|\phi_l - \psi_l\|_2^2")
+    assert "loss perc(phi[l, d], psi[l, d]; lambda_[l]):" in loss.lossdsl_source
+    phi, psi, lam = torch.randn(3, 5, dtype=D), torch.randn(3, 5, dtype=D), torch.tensor([1.0, 0.5, 2.0], dtype=D)
+    close(loss.compile(lambda_=lam)(phi=phi, psi=psi), (lam * ((phi - psi) ** 2).sum(1)).sum())
+    assert "lambda_1" in from_latex(r"\lambda_1 L_{task} + \lambda_2 L_{reg}").lossdsl_source
+
+
+def test_words_underbraces_and_indexed_words():
+    tex = r"L_{Attention} = \underbrace{\sum_{i,j} M_{ij} \cdot (Prediction_{ij} - Target_{ij})^2}_{\text{masked}}"
+    loss = from_latex(tex)
+    assert loss.name == "attention" and [i.name for i in loss.inputs] == ["M", "Prediction", "Target"]
+    m, p, t = torch.rand(3, 4, dtype=D), torch.randn(3, 4, dtype=D), torch.randn(3, 4, dtype=D)
+    close(loss.compile()(M=m, Prediction=p, Target=t), (m * (p - t) ** 2).sum())
