@@ -28,20 +28,22 @@ class Builtin:
     doc: str
 
 
-def _shift(alpha: Tensor, k: int) -> Tensor:
-    """alpha moved k states to the right along dim 1, zeros entering (the CTC transitions s-1 and s-2)."""
-    return torch.nn.functional.pad(alpha, (k, 0))[:, : alpha.shape[1]]
-
-
 def _extended(targets: Tensor, target_lengths: Tensor, blank: int, classes: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Labels with blanks interleaved (b, y1, b, y2, ..., b), the states in use, and where a skip is allowed."""
+    """Labels with blanks interleaved (b, y1, b, y2, ..., b), the states in use, and the allowed moves.
+
+    moves[n, r, s] is 1 where state r may go to state s in one frame: stay, step, or skip a blank between
+    two different labels.
+    """
     n, s = targets.shape
     ext = torch.full((n, 2 * s + 1), blank, dtype=torch.long, device=targets.device)
     ext[:, 1::2] = targets.long().clamp(0, max(classes - 1, 0))
     states = torch.arange(2 * s + 1, device=targets.device)
     used = states[None, :] < (2 * target_lengths.long() + 1)[:, None]
-    skip = (ext != blank) & (ext != _shift(ext, 2)) & (states[None, :] >= 2)
-    return ext, used, skip
+    previous = torch.nn.functional.pad(ext, (2, 0), value=blank)[:, : ext.shape[1]]
+    skip = (ext != blank) & (ext != previous)
+    step = states[None, :] - states[:, None]
+    moves = (step == 0) | (step == 1) | ((step == 2) & skip[:, None, :])
+    return ext, used, moves
 
 
 def ctc_nll(log_probs: Tensor, targets: Tensor, input_lengths: Tensor, target_lengths: Tensor,
@@ -49,33 +51,45 @@ def ctc_nll(log_probs: Tensor, targets: Tensor, input_lengths: Tensor, target_le
     """-log p(targets | log_probs) per sample, +inf where no alignment exists.
 
     log_probs is (T, N, C), targets (N, S) padded, lengths (N,). Graves' forward recursion runs in
-    probability space with the state vector rescaled to sum 1 at every step; the log of the scales adds
+    probability space with the state vector rescaled to sum 1 at every frame; the logs of the scales add
     up to log p. Rescaling keeps alpha in range, and plain sums and products keep autograd's gradient
     finite: a log-space recursion would back-propagate nan through states that are -inf on every path.
+    One frame is one batched product with the (N, L, L) matrix of allowed moves.
     """
     steps, batch, classes = log_probs.shape
-    ext, used, skip = _extended(targets, target_lengths, blank, classes)
-    emit = log_probs.exp().gather(2, ext[None].expand(steps, batch, ext.shape[1]))
-    live = torch.arange(steps, device=log_probs.device)[:, None] < input_lengths.long()[None, :]
-    first = (torch.arange(ext.shape[1], device=ext.device) < 2)[None, :] & used
-    start = torch.arange(ext.shape[1], device=ext.device)[None, :] == 0  # no frame yet: the empty prefix
-    alpha = torch.where(live[0][:, None], emit[0] * first, start.to(emit.dtype))
-    log_p = torch.zeros(batch, dtype=log_probs.dtype, device=log_probs.device)
+    ext, used, moves = _extended(targets, target_lengths, blank, classes)
+    width = ext.shape[1]
+    emit = log_probs.exp().gather(2, ext[None].expand(steps, batch, width)) * used
+    moves = moves.to(emit.dtype)
+    alpha = emit[0] * (torch.arange(width, device=ext.device) < 2) if steps else emit.new_zeros(batch, width)
+    alphas, scales = [], []
     for t in range(steps):
         if t:
-            alpha = torch.where(live[t][:, None], (alpha + _shift(alpha, 1) + _shift(alpha, 2) * skip) * emit[t]
-                                * used, alpha)
+            alpha = torch.bmm(alpha[:, None, :], moves)[:, 0] * emit[t]
         scale = alpha.sum(1)
-        nonzero = scale > 0
-        safe = torch.where(nonzero, scale, torch.ones_like(scale))
-        alpha = torch.where(live[t][:, None], alpha / safe[:, None], alpha)
-        log_p = log_p + torch.where(live[t] & nonzero, safe.log(), torch.zeros_like(safe))
-    end = 2 * target_lengths.long()
-    final = alpha.gather(1, end[:, None]).squeeze(1)
-    final = final + torch.where(end > 0, alpha.gather(1, (end - 1).clamp(min=0)[:, None]).squeeze(1), 0.0)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        alpha = alpha / scale[:, None]
+        alphas.append(alpha)
+        scales.append(scale)
+    return _finish(alphas, scales, input_lengths.long(), target_lengths.long())
+
+
+def _finish(alphas: list[Tensor], scales: list[Tensor], input_lengths: Tensor, target_lengths: Tensor) -> Tensor:
+    """Reads each sample at its last frame: log p = the logs of its scales + log of its two final states."""
+    batch = input_lengths.shape[0]
+    if not alphas:
+        return torch.where(target_lengths == 0, 0.0, float("inf")).to(torch.get_default_dtype())
+    last, rows = (input_lengths - 1).clamp(min=0), torch.arange(batch, device=input_lengths.device)
+    alpha = torch.stack(alphas)[last, rows]
+    log_p = torch.cumsum(torch.stack(scales).log(), 0)[last, rows]
+    end = 2 * target_lengths
+    final = alpha.gather(1, end[:, None])[:, 0]
+    final = final + torch.where(end > 0, alpha.gather(1, (end - 1).clamp(min=0)[:, None])[:, 0], 0.0)
     feasible = final > 0
     nll = -(log_p + torch.where(feasible, final, torch.ones_like(final)).log())
-    return torch.where(feasible, nll, torch.full_like(nll, float("inf")))
+    nll = torch.where(feasible, nll, torch.full_like(nll, float("inf")))
+    no_frames = torch.where(target_lengths == 0, 0.0, float("inf")).to(nll.dtype)
+    return torch.where(input_lengths == 0, no_frames, nll)
 
 
 REGISTRY: dict[str, Builtin] = {
