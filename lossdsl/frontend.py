@@ -507,9 +507,9 @@ class Lowerer:
         names = {str(k): str(v) for k, v in back.items()}
         for name in other.order:
             mine, root = names.get(name, name), names.get(other.find(name), other.find(name))
-            self.axes.add(mine)
-            self.axes.add(root)
-            self.axes.union(root, mine)
+            for label in (name, mine, root):  # `name` itself survives as a bound index of the callee's reductions
+                self.axes.add(label)
+                self.axes.union(root, label)
 
 
 def check_param_value(p: ir.Param, value, span=None) -> None:
