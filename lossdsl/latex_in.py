@@ -54,6 +54,7 @@ class Tok:
 
 # ---- tokens
 _WORD = re.compile(r"[A-Za-z]{4,}")
+_E_VARIABLE = re.compile(r"(?<![\\A-Za-z])e(?![A-Za-z^])")
 _TOKEN = re.compile(r"\\\\|\\[a-zA-Z]+|\\.|\d+(?:\.\d+)?|\.\d+|[a-zA-Z]|\S", re.S)
 
 
@@ -192,6 +193,7 @@ class Reader:
     def __init__(self, text: str, toks: list[Tok]) -> None:
         self.text, self.toks, self.i = text, toks, 0
         self.abs_depth = self.norm_depth = 0
+        self.euler = not _E_VARIABLE.search(text)  # e^x is exp(x) unless the formula uses e as a variable
 
     # helpers
     def peek(self, k: int = 0) -> Tok | None:
@@ -387,7 +389,7 @@ class Reader:
         if t.kind == "num":
             return Num(t.pos, t.text)
         if t.kind == "letter":
-            if t.text == "e" and self.at("sym", "^"):
+            if t.text == "e" and self.euler and self.at("sym", "^"):
                 self.next()
                 return Call(t.pos, "exp", [self.script()])
             return Sym(t.pos, t.text, "letter")

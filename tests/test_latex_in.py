@@ -160,6 +160,7 @@ def test_same_ir_as_the_language_and_a_name_from_the_left_side():
     (r"\mathbb{1}[x > y] \cdot \sqrt{x^2 + 1}", lambda x, y: (x > y).to(D) * torch.sqrt(x**2 + 1)),
     (r"2\alpha x y + e^{-x}", lambda x, y: 2 * 0.5 * x * y + torch.exp(-x)),
     (r"\frac12 \tanh(x) \times \exp y", lambda x, y: 0.5 * torch.tanh(x) * torch.exp(y)),
+    (r"\frac{1}{2}e^2, \quad e = x - y", lambda x, y: 0.5 * (x - y) ** 2),  # e is a variable here, not Euler's
 ])
 def test_small_forms(tex, ref):
     x, y = torch.randn(6, dtype=D), torch.randn(6, dtype=D)
