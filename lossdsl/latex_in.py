@@ -3,11 +3,12 @@
 A small recursive-descent reader: LaTeX tokens → a formula tree → lossdsl text, which then goes through the
 normal pipeline (`lossdsl.parse`), so a LaTeX loss and a hand-written one share one IR. The reader follows
 the conventions papers print with: single letters are tensors (implicit multiplication between them), Greek
-letters and `\\text{words}` are parameters, a subscript made of summation indices indexes a tensor
-(`y_{i,c}` → `y[i, c]`) while any other subscript is part of the name (`p_t`, `\\alpha_t`), `\\sum_{i=1}^{N}`
-renames `i` to `n` so that `\\frac{1}{N}` is the size of that axis, and tensors inside `\\|...\\|` (or bold
-ones) carry a feature axis that the norm or a dot product sums over. A clause after the formula (`, \\quad
-p_t = ...`) defines an intermediate; glosses (`y \\in \\{0, 1\\}`, `\\cosh(x) = ...`) are skipped.
+letters and words (`\\text{margin}`, or four letters or more in a row) are parameters, a subscript made of
+summation indices indexes a tensor (`y_{i,c}` → `y[i, c]`) while any other subscript is part of the name
+(`p_t`, `\\alpha_t`), `\\sum_{i=1}^{N}` renames `i` to `n` so that `\\frac{1}{N}` is the size of that axis, and
+tensors inside `\\|...\\|` (or bold ones) carry a feature axis that the norm or a dot product sums over. A
+clause after the formula (`, \\quad p_t = ...`) defines an intermediate; glosses (`y \\in \\{0, 1\\}`,
+`\\cosh(x) = ...`) are skipped. The tree → text half lives in latex_emit.py.
 """
 
 from __future__ import annotations

@@ -86,6 +86,7 @@ def variant(loss: Loss, which: str, params: dict, sizes: dict) -> Callable | Non
 
 def run(loss: Loss, *, size: int = 4096, repeat: int = 20, variants: list[str] | None = None,
         params: dict | None = None, report: Callable[[str], None] = print) -> str:
+    variants = variants or ["eager", "compiled", "torch"]
     gen = torch.Generator().manual_seed(0)
     inputs, sizes = sample_inputs(loss, size, gen)
     args = [t.requires_grad_() if isinstance(t, torch.Tensor) and i.kind in DIFFERENTIABLE else t
@@ -96,8 +97,8 @@ def run(loss: Loss, *, size: int = 4096, repeat: int = 20, variants: list[str] |
                        if isinstance(t, torch.Tensor))
     rows = [f"bench {loss.name}: {shapes}; forward + backward, median of {repeat} runs (CPU threads: "
             f"{torch.get_num_threads()})", f"  {'variant':<10} {'ms':>10} {'saved for backward':>20}  note"]
-    for k, which in enumerate(variants or ["eager", "compiled", "torch"], 1):
-        report(f"[{k}/{len(variants or [1, 2, 3])}] {which}")
+    for k, which in enumerate(variants, 1):
+        report(f"[{k}/{len(variants)}] {which}")
         rows.append(_row(loss, which, args, params or {}, sizes, repeat, report))
     return "\n".join(rows)
 
