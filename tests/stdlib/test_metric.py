@@ -26,9 +26,9 @@ def extreme_emb(n: int = 4, d: int = 3, scale: float = 1e4, zero: bool = False) 
 
 
 NORMALIZE_F16 = pytest.mark.xfail(
-    strict=True, reason="normalize_d is emitted as F.normalize(eps=1e-12): at a zero row the gradient is 1/eps, "
-    "past float16's range (and eps itself underflows in float16). Needs a dtype-aware eps in the compiler's "
-    "stability work (stability.py), not a change to the losses")
+    strict=True, reason="normalize_d is emitted as F.normalize(eps=1e-12): at a zero row its gradient is 1/eps "
+    "= 1e12, inf once returned in float16. Needs a dtype-aware eps from the compiler's stability work "
+    "(rewrite.py / stability.py), not a change to the losses")
 
 
 def zero_row_cases() -> list:
