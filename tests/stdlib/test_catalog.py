@@ -93,3 +93,18 @@ loss my_loss(x, y):
 """)
     x, y = torch.randn(4, 3, dtype=torch.float64), torch.randint(0, 2, (4, 3)).double()
     torch.testing.assert_close(module(x, y), 2 * torch.nn.functional.binary_cross_entropy_with_logits(x, y))
+
+
+@pytest.mark.parametrize("name, inputs, shape", [
+    ("focal_loss", (torch.randn(2, 3, 4), torch.randint(0, 3, (2, 4))), (2, 4)),
+    ("dice_loss", (torch.rand(2, 3, 4, 4), torch.randint(0, 2, (2, 3, 4, 4)).float()), (2, 3)),
+    ("info_nce", (torch.randn(5, 4), torch.randn(5, 4)), (5,)),
+    ("supcon_loss", (torch.randn(5, 4), torch.tensor([0, 1, 0, 1, 1])), (5,)),
+    ("vae_loss", (torch.randn(3, 2, 2), torch.rand(3, 2, 2), torch.randn(3, 4), torch.randn(3, 4)), (3,)),
+    ("rmse_loss", (torch.randn(3, 2), torch.randn(3, 2)), ()),
+    ("gan_d_loss", (torch.randn(3, 1), torch.randn(5, 1)), ()),
+])
+def test_reduction_none_keeps_the_batch_axes(name: str, inputs: tuple, shape: tuple) -> None:
+    out = getattr(stdlib, name)(reduction="none")(*inputs)
+    assert out.shape == shape
+    torch.testing.assert_close(out.mean(), getattr(stdlib, name)()(*inputs))
