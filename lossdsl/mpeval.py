@@ -99,6 +99,8 @@ class Evaluator:
     def _ev(self, e: sp.Basic, env: dict) -> object:
         if e is sp.true or e is sp.false:
             return bool(e)
+        if e.is_infinite:
+            return mp.inf if e.is_extended_positive else mp.ninf
         if e.is_Number or e.is_NumberSymbol:
             return mp.mpf(sp.Float(e, mp.dps + 5)) if not e.is_Integer else mp.mpf(int(e))
         if ir.is_index(e):

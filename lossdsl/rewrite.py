@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import sympy as sp
+from sympy.functions.elementary.piecewise import _canonical_coeff
 
 from . import ir, passes
 from .domain import Bounds
@@ -67,13 +68,27 @@ def softplus(z: sp.Expr) -> sp.Expr:
     return -ir.logsigmoid(-z)
 
 
-def logsumexp(body: sp.Expr, indices: sp.Tuple, cond: sp.Basic) -> sp.Expr:
+def canonical(cond: sp.Basic) -> sp.Basic:
+    return cond.replace(lambda x: x.is_Relational, _canonical_coeff)
+
+
+def logsumexp(body: sp.Expr, indices: sp.Tuple, cond: sp.Basic, shift_cond: sp.Basic | None = None) -> sp.Expr:
     """max + log(sum exp(body - max)), spelled out rather than torch.logsumexp: autograd then weighs each
     term by exp(body - max) / sum (exact shift) instead of exp(body - lse), whose rounded lse costs
-    |lse| * eps of relative accuracy in every gradient entry (20 ulp at lse = 35 in float32)."""
-    m = ir.Max_(body, indices, cond)
-    shifted = body - m if cond == sp.true else sp.Piecewise((body - m, cond), (-sp.oo, True))
-    return m + sp.log(ir.Sum_(sp.exp(shifted), indices, cond))
+    |lse| * eps of relative accuracy in every gradient entry (20 ulp at lse = 35 in float32).
+
+    The max is taken over `shift_cond` (default: cond), a superset of the summed terms whose extra members
+    are no larger than the max of the rest (log_ratio's b - a = 0 at a's own position): with shift_cond
+    true, no masked copy is needed for the max and no term can overflow."""
+    cond = canonical(cond)  # SymPy canonicalises relations inside Piecewise conditions; match it, or the
+    shift_cond = cond if shift_cond is None else canonical(shift_cond)  # memo (CSE) sees two sums
+    m = ir.Max_(body, indices, shift_cond)
+    if shift_cond == sp.true:
+        total = ir.Sum_(sp.exp(body - m), indices, cond)
+    else:
+        total = ir.Sum_(sp.exp(sp.Piecewise((body - m, cond), (-sp.oo, True))), indices, sp.true)
+    # the sum underflows to 0 when every summed term is far below the shift: -inf with a zero gradient
+    return sp.Piecewise((m + sp.log(shifted(total, sp.Eq(total, 0), 1)), total > 0), (-sp.oo, True))
 
 
 def logaddexp(u: sp.Expr, v: sp.Expr) -> sp.Expr:
@@ -150,7 +165,7 @@ def log_ratio(a: sp.Expr, total: ir.Sum_) -> sp.Expr | None:
     diff = sp.factor_terms(b - push_at(a))
     if v is None:
         return -logsumexp(diff, total.args[1], total.cond)
-    lse = logsumexp(diff, total.args[1], sp.And(total.cond, sp.Ne(c, v)))
+    lse = logsumexp(diff, total.args[1], sp.And(total.cond, sp.Ne(c, v)), total.cond)
     member = total.cond.xreplace({c: v})
     return -softplus(lse) if member == sp.true else sp.Piecewise((-softplus(lse), member), (-lse, True))
 
