@@ -81,7 +81,12 @@ class Loss:
 
     def axis_keywords(self) -> list[str]:
         """Axis sizes the module accepts by keyword (axes no input fixes, axes of learnable parameters)."""
-        return size_keywords(self.ir)
+        return list(self._axis_keywords)
+
+    @functools.cached_property
+    def _axis_keywords(self) -> tuple[str, ...]:
+        """Kept with the cache entry: computing it reads the SymPy expression, which a cache hit defers."""
+        return tuple(size_keywords(self.ir))
 
     def grad(self, wrt: str, *, reduction: str | None = None):
         """The symbolic gradient of the reduced loss with respect to input (or parameter) `wrt`."""
@@ -233,6 +238,7 @@ def _lower_fresh(d: s.LossDef, defs: list[s.LossDef]) -> Loss:
     loss = Loss(passes.run(lower(d, _lookup_factory(defs))))
     with contextlib.suppress(LossError):
         loss.to_source()  # generated now so that the cache entry holds it
+        loss.axis_keywords()
     return loss
 
 

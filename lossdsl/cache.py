@@ -9,18 +9,27 @@ every key, so a stale entry is never read; nothing is ever invalidated in place.
 The directory is `$LOSSDSL_CACHE_DIR`, else `$XDG_CACHE_HOME/lossdsl`, else `~/.cache/lossdsl`;
 `LOSSDSL_CACHE=0` turns the cache off. Writes are atomic (temp file + rename), so concurrent processes
 at worst both compute an entry; an unreadable entry counts as a miss.
+
+A LossIR is stored in two parts: its plain fields (names, kinds, axes, parameters) and a nested pickle of
+its SymPy-valued fields, decoded on first access (`_LazyIR`). Unpickling SymPy re-runs its constructors
+(Max/Min zero-finding, relational evaluation, assumptions), which costs more than everything else on a hit;
+building a module needs only the plain fields and the generated source.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
+import io
 import os
 import pickle
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
+
+from .ir import LossIR
 
 T = TypeVar("T")
 PACKAGE_DIR = Path(__file__).parent
@@ -79,11 +88,66 @@ def load(k: str, kind: str = "ir") -> object | None:
         return None
 
 
+class _LazyIR(LossIR):
+    """A LossIR read from the cache: its SymPy-valued fields are unpickled on first access, after which
+    it is a plain LossIR (its class is switched back, so equality and replace() behave as usual)."""
+
+    def _decode(self) -> None:
+        self.__dict__.update(pickle.loads(self.__dict__.pop("_lazy")))
+        self.__class__ = LossIR
+
+    def __getattr__(self, name: str):
+        if "_lazy" not in self.__dict__:
+            raise AttributeError(name)
+        self._decode()
+        return getattr(self, name)
+
+    def __eq__(self, other: object) -> bool:
+        self._decode()
+        return self == other
+
+    __hash__ = None  # type: ignore[assignment]  # as LossIR's (a mutable dataclass)
+
+
+def _restore_ir(plain: dict, blob: bytes) -> _LazyIR:
+    obj = object.__new__(_LazyIR)
+    obj.__dict__.update(plain, _lazy=blob)
+    return obj
+
+
+def _plain(v: object) -> bool:
+    """Whether v unpickles without constructing SymPy objects."""
+    if v is None or isinstance(v, (str, int, float, bool)):
+        return True
+    if isinstance(v, (tuple, list)):
+        return all(map(_plain, v))
+    if isinstance(v, dict):
+        return all(_plain(x) for kv in v.items() for x in kv)
+    return dataclasses.is_dataclass(v) and not isinstance(v, type) and all(
+        _plain(getattr(v, f.name)) for f in dataclasses.fields(v))
+
+
+class _Pickler(pickle.Pickler):
+    def reducer_override(self, obj):
+        if not isinstance(obj, LossIR):
+            return NotImplemented
+        values = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+        heavy = {k: v for k, v in values.items() if not _plain(v)}
+        plain = {k: v for k, v in values.items() if k not in heavy}
+        return _restore_ir, (plain, pickle.dumps(heavy, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def dumps(value: object) -> bytes:
+    buf = io.BytesIO()
+    _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
+    return buf.getvalue()
+
+
 def store(k: str, value: object, kind: str = "ir") -> bool:
     """Writes atomically; a value that cannot be pickled or a read-only disk just means no caching."""
     path = entry_path(k, kind)
     try:
-        data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        data = dumps(value)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         with os.fdopen(fd, "wb") as f:

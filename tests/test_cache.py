@@ -69,9 +69,12 @@ def test_cached_loss_equals_fresh_loss(cache_dir: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(api, "_lower_fresh", lambda d, defs: pytest.fail("pipeline ran on a cache hit"))
     hit = lossdsl.parse(DICE)
     assert hit.to_source() == fresh.to_source()
-    assert hit.expr == fresh.expr
     p, g = torch.rand(2, 3, 4, 4), (torch.rand(2, 3, 4, 4) > 0.5).double()
     torch.testing.assert_close(hit.compile()(p, g), fresh.compile()(p, g))
+    assert "_lazy" in vars(hit.ir), "building the module should not unpickle the SymPy expression"
+    assert hit.expr == fresh.expr
+    assert hit.ir == fresh.ir
+    assert "_lazy" not in vars(hit.ir)
 
 
 def test_formula_parameters_are_part_of_the_key(cache_dir: Path) -> None:
