@@ -202,35 +202,31 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, s
     """Cross entropy of logits (torch.nn.functional.cross_entropy): class indices or class probabilities."""
     reduction = _reduction(reduction, size_average, reduce)
     _tensor(input, "input"), _tensor(target, "target")
-    if input.dim() == 0:
-        raise InputError("cross_entropy: input must have a class dimension, got a 0-d tensor")
-    unbatched = input.dim() == 1
-    if unbatched:
-        input, target = input.unsqueeze(0), target.unsqueeze(0)
     if target.is_floating_point():
         _same_size(target, input, f"cross_entropy: probability targets must have the input's shape "
                                   f"{tuple(input.shape)}, got {tuple(target.shape)}")
-        out = _run("cross_entropy_probs", reduction, input, target, weight=weight,
-                   label_smoothing=float(label_smoothing))
-    elif label_smoothing == 0:
-        out = _run("cross_entropy", reduction, input, target, weight=weight, ignore_index=int(ignore_index))
-    else:
-        out = _run("cross_entropy_smoothed", reduction, input, target, weight=weight,
-                   ignore_index=int(ignore_index), label_smoothing=float(label_smoothing))
-    return _batched(out, unbatched, reduction)
+        return _run("cross_entropy_probs", reduction, _classes_last(input, "cross_entropy"), _classes_last(target),
+                    weight=weight, label_smoothing=float(label_smoothing))
+    if label_smoothing == 0:
+        return _run("cross_entropy", reduction, _classes_last(input, "cross_entropy"), target, weight=weight,
+                    ignore_index=int(ignore_index))
+    return _run("cross_entropy_smoothed", reduction, _classes_last(input, "cross_entropy"), target, weight=weight,
+                ignore_index=int(ignore_index), label_smoothing=float(label_smoothing))
 
 
 def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None, size_average: bool | None = None,
              ignore_index: int = -100, reduce: bool | None = None, reduction: str = "mean") -> Tensor:
     """Negative log likelihood of class indices (torch.nn.functional.nll_loss), any number of trailing dims."""
     reduction = _reduction(reduction, size_average, reduce)
-    if input.dim() == 0:
-        raise InputError("nll_loss: input must have a class dimension, got a 0-d tensor")
-    unbatched = input.dim() == 1
-    if unbatched:
-        input, target = input.unsqueeze(0), target.unsqueeze(0)
-    out = _run("nll_loss", reduction, input, target, weight=weight, ignore_index=int(ignore_index))
-    return _batched(out, unbatched, reduction)
+    return _run("nll_loss", reduction, _classes_last(input, "nll_loss"), target, weight=weight,
+                ignore_index=int(ignore_index))
+
+
+def _classes_last(t: Tensor, name: str = "") -> Tensor:
+    """torch's (N, C, d1, ...) as (N, d1, ..., C), the layout of the definitions; (C,) stays as it is."""
+    if t.dim() == 0:
+        raise InputError(f"{name}: input must have a class dimension, got a 0-d tensor")
+    return t.movedim(1, -1) if t.dim() > 1 else t
 
 
 def kl_div(input: Tensor, target: Tensor, size_average: bool | None = None, reduce: bool | None = None,
