@@ -17,8 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from .api import Loss
+from .errors import KindError, ParameterError
 
 DIFFERENTIABLE = ("real", "logits", "prob", "positive")
+VARIANTS = ("eager", "compiled", "torch")
 OTHER = 16  # the size of every axis but the batch
 
 
@@ -81,18 +83,21 @@ def variant(loss: Loss, which: str, params: dict, sizes: dict) -> Callable | Non
         return loss.compile(mode="compiled", **params, **sizes)
     if which == "torch":
         return getattr(F, loss.name, None)
-    raise ValueError(f"unknown variant {which!r}; use eager, compiled or torch")
+    raise AssertionError(which)  # run() checked the names
 
 
 def run(loss: Loss, *, size: int = 4096, repeat: int = 20, variants: list[str] | None = None,
         params: dict | None = None, report: Callable[[str], None] = print) -> str:
-    variants = variants or ["eager", "compiled", "torch"]
+    variants = variants or list(VARIANTS)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ParameterError(f"unknown variant '{unknown[0]}'; use {', '.join(VARIANTS)}")
     gen = torch.Generator().manual_seed(0)
     inputs, sizes = sample_inputs(loss, size, gen)
     args = [t.requires_grad_() if isinstance(t, torch.Tensor) and i.kind in DIFFERENTIABLE else t
             for t, i in zip(inputs, loss.inputs, strict=True)]
     if not any(isinstance(t, torch.Tensor) and t.requires_grad for t in args):
-        raise ValueError(f"'{loss.name}' has no differentiable input to time a backward pass through")
+        raise KindError(f"'{loss.name}' has no differentiable input to time a backward pass through")
     shapes = ", ".join(f"{i.name}{list(t.shape)}" for i, t in zip(loss.inputs, args, strict=True)
                        if isinstance(t, torch.Tensor))
     rows = [f"bench {loss.name}: {shapes}; forward + backward, median of {repeat} runs (CPU threads: "

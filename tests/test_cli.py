@@ -127,8 +127,11 @@ def test_plot_curves_match_torch_and_pick_the_axis_by_kind():
         plot.curve(stdlib.get("cross_entropy"))
 
 
-def test_parameter_and_target_parsing():
+def test_parameter_and_target_parsing(capsys):
     from lossdsl import cli
+
+    assert cli.main(["bench", "mse_loss", "--variants", "eager,fast"]) == 1
+    assert "unknown variant 'fast'" in capsys.readouterr().err
 
     assert cli.parse_params(["gamma=2", "alpha=0.5", "swap=true"]) == {"gamma": 2, "alpha": 0.5, "swap": True}
     with pytest.raises(lossdsl.LossError, match="NAME=VALUE"):
