@@ -361,6 +361,36 @@ def test_ctc_lengths_are_validated():
         LF.ctc_loss(lp, torch.tensor([[3]]), [4], [1])
 
 
+def test_ctc_long_sequences_stay_in_range():
+    """200 frames: the per-frame rescaling keeps the recursion finite where plain probabilities underflow."""
+    logits = randn((200, 2, 6), 0).requires_grad_()
+    targets, lengths = torch.randint(1, 6, (2, 60), generator=gen(1)), torch.tensor([200, 150])
+    out = LF.ctc_loss(torch.log_softmax(logits, -1), targets, lengths, torch.tensor([60, 45]), reduction="sum")
+    ref = TF.ctc_loss(torch.log_softmax(logits, -1), targets, lengths, torch.tensor([60, 45]), reduction="sum")
+    assert_close(out, ref, torch.float64)
+    assert_close(*(torch.autograd.grad(v, logits)[0] for v in (out, ref)), torch.float64)
+
+
+BUILTIN_LOSS = """
+loss ctc_sum(lp[t, n, c]: logits, y[n, s]: int, il[n]: count, tl[n]: count):
+    ctc_nll(lp, y, il, tl, 0)[n]
+    reduce sum
+"""
+
+
+def test_a_loss_file_calls_the_builtin():
+    module = lossdsl.compile(BUILTIN_LOSS)
+    assert "from lossdsl.builtins import ctc_nll" in module.loss.to_source()
+    lp = torch.log_softmax(randn((5, 2, 3), 0), -1)
+    args = (torch.tensor([[1, 2], [2, 2]]), torch.tensor([5, 5]), torch.tensor([2, 2]))
+    assert_close(module(lp, *args), TF.ctc_loss(lp, *args, reduction="sum"), torch.float64)
+
+
+def test_a_builtin_checks_its_arity():
+    with pytest.raises(lossdsl.KindError, match=r"ctc_nll\(\) takes 5 arguments"):
+        lossdsl.compile(BUILTIN_LOSS.replace(", 0)[n]", ")[n]"))
+
+
 # ---- validation: a LossError subclass, with a message naming the problem
 @pytest.mark.parametrize("call", [
     lambda: LF.l1_loss(randn((2,), 0), randn((2,), 1), reduction="avg"),
