@@ -34,3 +34,5 @@ __all__ = [
     "verify",
 ]
 __version__ = "0.1.0"
+
+from . import rewrite as _rewrite  # noqa: F401 - registers the stability pass with the pipeline
