@@ -94,6 +94,12 @@ class Loss:
 
         return derive(self.ir, wrt, reduction)
 
+    def stability_report(self, **options):
+        """Which stability rewrites fired and the bits lost, naive vs rewritten, per dtype (lossdsl.stability)."""
+        from .stability import report
+
+        return report(self, **options)
+
     def compile(self, *, reduction: str | None = None, validate: bool = True, mode: str = "eager",
                 **params) -> torch.nn.Module:
         """Build the nn.Module with the given parameter values (and sizes of axes no input fixes).
