@@ -130,6 +130,9 @@ class GradientBuilder(LeanForwardBuilder):
         em.__class__ = GradEmitter  # everything of the backward is emitted from here on
         em.fresh, em.tmp_labels = set(), {}
         self.em = em
+        for g in self.grads:
+            if g.via_autograd and self.loss.input(g.wrt):
+                self.lines.append(f"{g.wrt} = {g.wrt}.detach().requires_grad_(True)")
         self.bind_reduction_symbols(em)
         outs = [self.shaped(em, g) for g in self.grads]
         self.lines.append(f"return ({', '.join(outs)},)" if self.vjp else f"return {outs[0]}")
@@ -161,7 +164,7 @@ class GradientBuilder(LeanForwardBuilder):
 
     def shaped(self, em: Emitter, g: Gradient) -> str:
         """The gradient laid out like its input: axes in declared order, groups unflattened, same dtype."""
-        v = em.emit(g.expr)
+        v = self.through_autograd(em, g) if g.via_autograd else em.emit(g.expr)
         name = f"grad_{g.wrt}"
         decl = self.loss.input(g.wrt) or self.loss.param(g.wrt)
         dtype = f"_dtype_{g.wrt}" if self.loss.input(g.wrt) else f"self.{g.wrt}.dtype"
@@ -180,6 +183,29 @@ class GradientBuilder(LeanForwardBuilder):
             code = f"{code}.reshape(({', '.join(groups)},))"
         self.lines.append(f"{name} = {code}.to({dtype})")
         return name
+
+
+    def through_autograd(self, em: Emitter, g: Gradient) -> V:
+        """No symbolic form: the reduced loss exactly as the module computes it, then torch.autograd.grad."""
+        w = self.lines.append
+        free = self.loss.free
+        res = em.emit(self.expr)
+        out = em.expand_to(res, free) if free or not res.is_tensor else res
+        w(f"_out = {em.align(out, free, out.ell)}")
+        if self.loss.broadcast:
+            w("_out = _out.expand(torch.broadcast_shapes(_out.shape, _bshape))")
+        seed = "_g" if self.vjp else "1.0"
+        total = {"none": f"(_out * {seed}).sum()", "sum": f"_out.sum() * {seed}", "mean": f"_out.mean() * {seed}",
+                 "batchmean": f"_out.sum() / {self.batch_size()} * {seed}"}.get(g.reduction)
+        if total is None:  # weighted
+            weight = em.emit(self.weight)
+            wfull = weight.code if weight.is_tensor else f"torch.as_tensor({weight.code}, dtype=_dt, device=_dev)"
+            total = f"_out.sum() / torch.broadcast_to({em.align(weight, free, weight.ell)}, _out.shape).sum() " \
+                    f"* {seed}" if weight.is_tensor else f"_out.sum() / ({wfull} * _out.numel()) * {seed}"
+        target = em.emit(g.expr.args[1])
+        w(f"_grad_{g.wrt} = torch.autograd.grad({total}, {target.code}, allow_unused=True)[0]")
+        w(f"_grad_{g.wrt} = torch.zeros_like({target.code}) if _grad_{g.wrt} is None else _grad_{g.wrt}")
+        return V(f"_grad_{g.wrt}", target.labels, "tensor", target.ell)
 
 
 def _free_temporaries(lines: list[str]) -> list[str]:

@@ -14,6 +14,7 @@ depends on the input is differentiated by autograd (`Gradient.via_autograd` says
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -32,7 +33,7 @@ WSUM = sp.Symbol("sum(weight)", positive=True)  # a broadcast weighted mean's de
 LSUM = sp.Symbol("sum(loss)", real=True)  # ... and its numerator
 GRAD_OUT = "grad_out"  # the incoming gradient (vector-Jacobian product seed)
 ONE = sp.Integer(1)
-MAX_OPS = 120  # above this many operations a gradient is not expanded/factored (keeps derivation < 2 s)
+MAX_NODES = 400  # above this many nodes a gradient is not expanded/factored (keeps derivation well < 2 s)
 
 
 class NeedsAutogradError(Exception):
@@ -226,7 +227,8 @@ class Deriver:
             if i in targets:
                 mapping[i] = self.fresh(i)
         rest = [mapping.get(i, i) for i in rest]
-        body = rename(adj, mapping)
+        mapping = {k: v for k, v in mapping.items() if k != v}
+        body = rename(adj, mapping) if mapping else adj
         for s, t in conds:
             body = body * iverson(sp.Eq(t, rename(s, mapping)))
         return _sum(body, rest)
@@ -256,11 +258,11 @@ def _sum(body: sp.Expr, indices: list[sp.Symbol]) -> sp.Expr:
 def _clean(e: sp.Expr) -> sp.Expr:
     """As autograd: steps (sign, Heaviside) have derivative 0; max/min split a tie evenly (torch.maximum).
 
-    SymPy's d max(a, b)/da is Heaviside(a - b) (1/2 at 0, which the emitter would not honour); relu's own
-    derivative is Heaviside(x, 0), kept."""
+    SymPy's d max(a, b)/da is Heaviside(a - b) (1/2 at 0, which the emitter would not honour): spelled
+    (1 + sign(a - b))/2, which is. relu's own derivative is Heaviside(x, 0), kept."""
     e = e.replace(lambda x: isinstance(x, sp.DiracDelta), lambda x: sp.Integer(0))
     return e.replace(lambda x: isinstance(x, sp.Heaviside) and x.args[1:] in ((), (sp.S.Half,)),
-                     lambda x: iverson(sp.Gt(x.args[0], 0)) + iverson(sp.Eq(x.args[0], 0)) / 2)
+                     lambda x: (1 + sp.sign(x.args[0])) / 2)
 
 
 # ---- reverse rules, one per atom type: (deriver, atom, adjoint of atom) -> pushes to the body
@@ -285,7 +287,10 @@ def _count(a: ir._Reduction) -> sp.Expr:
 
 def _extreme(d: Deriver, a: ir._Reduction, adj: sp.Expr) -> None:
     """max/min: the adjoint goes to the arg-extremum, split evenly between ties (as torch.amax does)."""
-    hit = iverson(sp.And(sp.Eq(a.body, a), a.cond))
+    if a.body.has(sp.Piecewise):  # SymPy would fold the `where` out of [body == max] without end
+        hit = (1 + (1 if isinstance(a, ir.Max_) else -1) * sp.sign(a.body - a)) * _mask(a)
+    else:
+        hit = iverson(sp.And(sp.Eq(a.body, a), a.cond))
     d.push(a.body, adj * hit / ir.Sum_(hit, a.args[1], sp.true))
 
 
@@ -404,6 +409,7 @@ def autograd_total(loss: ir.LossIR, reduction: str, seed: sp.Expr) -> sp.Expr:
 def derive(loss: ir.LossIR, wrt: str, reduction: str | None = None, seed: sp.Expr = ONE,
            simplify_result: bool = True) -> Gradient:
     """d(reduced loss)/d wrt. reduction="none" differentiates the sum (a VJP with `seed`)."""
+    _ = loss.expr  # a LossIR from the disk cache decodes its SymPy fields on this first access
     decl = loss.input(wrt) or loss.param(wrt)
     names = [i.name for i in loss.inputs if not i.is_integral and i.kind != "fn"] + [
         p.name for p in loss.params if p.type not in ("int", "bool")]
@@ -425,7 +431,7 @@ def derive(loss: ir.LossIR, wrt: str, reduction: str | None = None, seed: sp.Exp
 def _register_fresh(expr: sp.Expr, axis_of: dict[str, str]) -> dict[str, str]:
     """Indices renamed to avoid capture (`i__3`) range over the axis of the index they were made from."""
     for sym in expr.atoms(sp.Symbol):
-        if ir.is_index(sym) and str(sym) not in axis_of:
+        if ir.is_index(sym) and str(sym) not in axis_of and "__" in str(sym):
             base = str(sym).split("__")[0]
             axis_of[str(sym)] = axis_of.get(base, base)
     return axis_of
@@ -466,7 +472,7 @@ def _sum_delta(loss: ir.LossIR, axis_of: dict[str, str]) -> Callable[[sp.Basic],
         if not (isinstance(e, ir.Sum_) and e.cond == sp.true and len(e.indices) == 1):
             return e
         k = e.indices[0]
-        if not any(_delta_index(p, k) is not None for p in e.body.atoms(sp.Piecewise)):
+        if not _has_delta(e.body, k):
             return e
         done, rest = [], []
         for t in sp.Add.make_args(sp.expand_mul(e.body)):
@@ -477,21 +483,19 @@ def _sum_delta(loss: ir.LossIR, axis_of: dict[str, str]) -> Callable[[sp.Basic],
     return fold
 
 
+def _has_delta(body: sp.Expr, k: sp.Symbol) -> bool:
+    """A factor [k == v] in the body or in one of its sums' terms (what expanding the body would expose)."""
+    factors = sp.Mul.make_args(body)
+    inner = [g for f in factors if isinstance(f, sp.Add) for t in f.args for g in sp.Mul.make_args(t)]
+    return any(_delta_index(f, k) is not None for f in (*factors, *inner))
+
+
 def _valid_index(loss: ir.LossIR, v: sp.Basic, k: sp.Symbol) -> bool:
     if not isinstance(v, sp.Indexed):
         return False
     inp = loss.input(v.base.name)
     return (inp is not None and inp.kind == "index" and v.base.name not in loss.sentinels
             and loss.axis_of.get(inp.kind_arg) == loss.axis_of.get(str(k), str(k)))
-
-
-LOCAL_RULES: list[tuple[Callable[[sp.Basic], bool], Callable[[sp.Basic], sp.Basic]]] = [
-    (lambda e: isinstance(e, sp.Mul) and _integral_coeff(e) is not None, lambda e: _integral_coeff(e)),
-    (lambda e: isinstance(e, ir.sigmoid) and e.args[0].could_extract_minus_sign(),
-     lambda e: 1 - ir.sigmoid(-e.args[0])),
-    (lambda e: isinstance(e, sp.Mul) and _abs_sign(e) is not None, lambda e: _abs_sign(e)),
-    (lambda e: isinstance(e, sp.Pow) and isinstance(e.base, sp.sign) and e.exp == 2, lambda e: sp.Integer(1)),
-]
 
 
 def _integral_coeff(e: sp.Mul) -> sp.Expr | None:
@@ -513,25 +517,64 @@ def _abs_sign(e: sp.Mul) -> sp.Expr | None:
     return None
 
 
+def _neg_sigmoid(e: ir.sigmoid) -> sp.Expr | None:
+    """sigmoid(-u) = 1 - sigmoid(u): lets the terms of a logistic loss cancel (BCE → sigmoid(x) - y)."""
+    return 1 - ir.sigmoid(-e.args[0]) if e.args[0].could_extract_minus_sign() else None
+
+
+def _sign_squared(e: sp.Pow) -> sp.Expr | None:
+    return sp.Integer(1) if isinstance(e.base, sp.sign) and e.exp == 2 else None
+
+
+Rewrite = Callable[[sp.Basic], "sp.Basic | None"]
+LOCAL_RULES: dict[type, list[Rewrite]] = {
+    sp.Mul: [_integral_coeff, _abs_sign],
+    ir.sigmoid: [_neg_sigmoid],
+    sp.Pow: [_sign_squared],
+}
+
+
+def rewrite(e: sp.Basic, rules: dict[type, list[Rewrite]]) -> sp.Basic:
+    """One bottom-up pass applying `rules` by node type; memoised, so shared sub-expressions cost once."""
+    memo: dict[sp.Basic, sp.Basic] = {}
+
+    def walk(node: sp.Basic) -> sp.Basic:
+        if node in memo:
+            return memo[node]
+        out = node
+        if node.args and not isinstance(node, (sp.Indexed, ir.Size)):
+            args = [walk(a) for a in node.args]
+            if any(a is not b for a, b in zip(args, node.args, strict=True)):
+                out = node.func(*args)
+        for rule in rules.get(type(out), ()):
+            new = rule(out)
+            if new is not None:
+                out = walk(new) if new != out else new
+                break
+        memo[node] = out
+        return out
+
+    return walk(e)
+
+
 def simplify(e: sp.Expr, loss: ir.LossIR, axis_of: dict[str, str]) -> sp.Expr:
-    e = _local(e).replace(lambda x: isinstance(x, ir.Sum_), _sum_delta(loss, axis_of))
-    return _local(_shortest(sp.powsimp(e)))
-
-
-def _local(e: sp.Expr) -> sp.Expr:
-    for cond, fix in LOCAL_RULES:
-        e = e.replace(cond, fix)
-    return e
+    e = rewrite(e, {**LOCAL_RULES, ir.Sum_: [_sum_delta(loss, axis_of)]})
+    return rewrite(_shortest(e), LOCAL_RULES)
 
 
 def _shortest(e: sp.Expr) -> sp.Expr:
     """Try expanding and factoring; keep whichever has fewest operations. Large gradients are left as
     derived: expansion is where simplification time goes, and it rarely shortens them."""
-    if sp.count_ops(e) > MAX_OPS:
+    if _larger_than(e, MAX_NODES):
         return e
+    e = sp.powsimp(e)
     expanded = sp.expand_mul(e)
     return min([e, sp.factor_terms(e), expanded, sp.factor_terms(expanded)],
                key=lambda x: (sp.count_ops(x), len(str(x))))
+
+
+def _larger_than(e: sp.Basic, n: int) -> bool:
+    return sum(1 for _ in itertools.islice(sp.preorder_traversal(e), n + 1)) > n
 
 
 def with_axes(loss: ir.LossIR, axis_of: dict[str, str]) -> ir.LossIR:
