@@ -17,15 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import sympy as sp
-from sympy.functions.elementary.piecewise import _canonical_coeff
 
 from . import ir, passes
 from .domain import Bounds
-from .scope import free_indices, rename
+from .scope import free_indices
+from .stable import clamped_log, log_cosh, log_ratio, logaddexp, logsumexp, position, shifted, softplus
 
 PASS_NAME = "stability"
-LOG_FLOOR = -100  # torch.nn.functional.binary_cross_entropy clamps its logs here
-COSH_SWITCH = 10  # |a| below: log1p(2 sinh(a/2)^2) (no cancellation); above: |a| - log 2 + softplus(-2|a|)
 
 A = sp.Wild("a")
 
@@ -42,10 +40,6 @@ class Ctx:
         inp = self.loss.input(name) if name else None
         return inp.kind if inp else None
 
-    def reaches_zero_from_above(self, e: sp.Basic) -> bool:
-        lo, _ = self.bounds(e)
-        return lo == 0
-
 
 Apply = Callable[[sp.Basic, Ctx], sp.Basic | None]
 
@@ -60,114 +54,6 @@ class Rule:
     fires: str  # a loss on which the rule fires (its test)
     not_fires: str  # a loss on which the rule's precondition fails
     sample: tuple[float, float] = (-30.0, 30.0)  # where its value test draws inputs
-
-
-# ---- building blocks of the stable forms (pure IR, so gradient.py and the emitter need nothing new)
-def softplus(z: sp.Expr) -> sp.Expr:
-    """log(1 + exp(z)) exactly: torch's F.softplus returns z above 20 (1e-10 relative error in float64)."""
-    return -ir.logsigmoid(-z)
-
-
-def canonical(cond: sp.Basic) -> sp.Basic:
-    return cond.replace(lambda x: x.is_Relational, _canonical_coeff)
-
-
-def logsumexp(body: sp.Expr, indices: sp.Tuple, cond: sp.Basic, shift_cond: sp.Basic | None = None) -> sp.Expr:
-    """max + log(sum exp(body - max)), spelled out rather than torch.logsumexp: autograd then weighs each
-    term by exp(body - max) / sum (exact shift) instead of exp(body - lse), whose rounded lse costs
-    |lse| * eps of relative accuracy in every gradient entry (20 ulp at lse = 35 in float32).
-
-    The max is taken over `shift_cond` (default: cond), a superset of the summed terms whose extra members
-    are no larger than the max of the rest (log_ratio's b - a = 0 at a's own position): with shift_cond
-    true, no masked copy is needed for the max and no term can overflow."""
-    cond = canonical(cond)  # SymPy canonicalises relations inside Piecewise conditions; match it, or the
-    shift_cond = cond if shift_cond is None else canonical(shift_cond)  # memo (CSE) sees two sums
-    m = ir.Max_(body, indices, shift_cond)
-    if shift_cond == sp.true:
-        total = ir.Sum_(sp.exp(body - m), indices, cond)
-    else:
-        total = ir.Sum_(sp.exp(sp.Piecewise((body - m, cond), (-sp.oo, True))), indices, sp.true)
-    # the sum underflows to 0 when every summed term is far below the shift: -inf with a zero gradient
-    return sp.Piecewise((m + sp.log(shifted(total, sp.Eq(total, 0), 1)), total > 0), (-sp.oo, True))
-
-
-def logaddexp(u: sp.Expr, v: sp.Expr) -> sp.Expr:
-    return sp.Max(u, v) + softplus(-sp.Abs(u - v))
-
-
-def iverson(cond: sp.Basic) -> sp.Expr:
-    return sp.Piecewise((1, cond), (0, True))
-
-
-def shifted(value: sp.Expr, bad: sp.Basic, by: sp.Expr) -> sp.Expr:
-    """value + by where `bad` holds: the inner half of the double-where that keeps an unused branch's
-    gradient finite (sqrt'(0) * 0 would be NaN). An addition, not a Piecewise, because SymPy folds
-    `Piecewise(...)**e` into the branches and the guard would vanish."""
-    return value + by * iverson(bad)
-
-
-def log_cosh(a: sp.Expr) -> sp.Expr:
-    near = sp.Abs(a) < COSH_SWITCH
-    small = a * iverson(near)
-    return sp.Piecewise((ir.log1p(2 * sp.sinh(small / 2) ** 2), near),
-                        (sp.Abs(a) + softplus(-2 * sp.Abs(a)) - sp.log(2), True))
-
-
-def clamped_log(p: sp.Expr, complement: bool) -> sp.Expr:
-    """max(log p, -100) (or of log1p(-p)) as torch's BCE computes it, with a finite gradient at p = 0 / 1."""
-    ok = p < 1 if complement else p > 0
-    inner = shifted(p, sp.Not(ok), -1 if complement else 1)
-    value = ir.log1p(-inner) if complement else sp.log(inner)
-    return sp.Piecewise((sp.Max(value, LOG_FLOOR), ok), (LOG_FLOOR, True))
-
-
-def push_at(a: sp.Expr) -> sp.Expr:
-    """At(k * body) -> k * At(body) for factors k free of the read axes, so that b - a can factor out the
-    common 1/tau of s[i, j] - s[i, i] and subtract before rounding."""
-    if not (isinstance(a, ir.At) and isinstance(a.args[0], sp.Mul)):
-        return a
-    body, axes, values = a.args
-    keep = [f for f in body.args if not set(axes) & set(free_indices(f))]
-    if not keep:
-        return a
-    return sp.Mul(*keep) * ir.At(sp.Mul(*(f for f in body.args if f not in keep)), axes, values)
-
-
-def position(a: sp.Expr, b: sp.Expr, c: sp.Symbol) -> sp.Basic | None:
-    """v such that b read at c = v is a (b's own c when a == b), else None."""
-    if a == b:
-        return c
-    if isinstance(a, ir.At) and len(a.args[1]) == 1:
-        body, (axis,), (value,) = a.args
-        if rename(body, {axis: c}) == b:
-            return value
-    candidates = {s for s in a.atoms(sp.Symbol) if ir.is_index(s)} | set(a.atoms(sp.Indexed))
-    for v in sorted(candidates, key=sp.default_sort_key):
-        if v != c and c not in v.free_symbols and rename(b, {c: v}) == a:
-            return v
-    return None
-
-
-def log_ratio(a: sp.Expr, total: ir.Sum_) -> sp.Expr | None:
-    """log(exp(a) / sum_{c | cond} exp(b)) without overflow or cancellation.
-
-    With v the position of a among the b's and L = logsumexp over the *other* terms of (b - a):
-    the value is -softplus(L) where v is in the sum, else -L. Shifting by a (not by the max) is what keeps
-    both the value and the autograd gradient accurate when a dominates (the loss is then ~exp(L))."""
-    if len(total.indices) != 1 or not isinstance(total.body, sp.exp):
-        return None
-    (c,), b = total.indices, total.body.args[0]
-    if a == b:
-        return ir.LogSoftmax(b, c) if total.cond == sp.true else None
-    if c in free_indices(a):
-        return None
-    v = position(a, b, c)
-    diff = sp.factor_terms(b - push_at(a))
-    if v is None:
-        return -logsumexp(diff, total.args[1], total.cond)
-    lse = logsumexp(diff, total.args[1], sp.And(total.cond, sp.Ne(c, v)), total.cond)
-    member = total.cond.xreplace({c: v})
-    return -softplus(lse) if member == sp.true else sp.Piecewise((-softplus(lse), member), (-lse, True))
 
 
 def _exp_over_sum(m: sp.Mul) -> tuple[sp.Expr, ir.Sum_, list[sp.Basic]] | None:
@@ -470,7 +356,6 @@ RULES: list[Rule] = [
          "loss d(p[n, k]: prob, g[n, k]: binary):\n    1 - (2*sum_k(p*g) + 1) / (sum_k(p) + sum_k(g) + 1)\n",
          (0.0, 1.0)),
 ]
-BY_NAME = {r.name: r for r in RULES}
 
 
 class Rewriter:
