@@ -140,3 +140,12 @@ def test_parameter_and_target_parsing(capsys):
         cli.resolve("focal_los")
     assert cli.resolve("x^2 + y").name == "formula"
     assert cli.resolve(r"\frac{1}{2} x^2").name == "latex_loss"
+
+
+def test_compile_reads_a_tex_file(tmp_path, capsys):
+    from lossdsl import cli
+
+    (tmp_path / "sq.tex").write_text(r"\mathcal{L}_{Sq} = \frac{1}{2}(x - y)^2")
+    assert cli.main(["compile", str(tmp_path / "sq.tex")]) == 0
+    source = capsys.readouterr().out
+    assert "class Sq(" in source and "import torch" in source
