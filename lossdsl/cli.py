@@ -167,10 +167,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     stability = optional("lossdsl.stability", "lossdsl check (stability report)")
     progress("stability report")
     path = Path(args.target)
-    if path.suffix == ".loss" and path.is_file() and hasattr(stability, "check_file"):
+    if path.suffix == ".loss" and path.is_file() and not params:
         print(stability.check_file(str(path)))
     else:
-        print(loss.stability_report())
+        print(loss.stability_report(**params))
     return 0 if report.passed else 1
 
 

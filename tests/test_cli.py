@@ -149,3 +149,13 @@ def test_compile_reads_a_tex_file(tmp_path, capsys):
     assert cli.main(["compile", str(tmp_path / "sq.tex")]) == 0
     source = capsys.readouterr().out
     assert "class Sq(" in source and "import torch" in source
+
+
+def test_check_passes_parameters_to_verify_and_the_stability_report(capsys):
+    pytest.importorskip("lossdsl.verify")
+    pytest.importorskip("lossdsl.stability")
+    from lossdsl import cli
+
+    assert cli.main(["check", r"\gamma (x - y)^2", "-p", "gamma=2", "--trials", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "verify latex_loss: PASS" in out and "float32" in out and "not measured" not in out
