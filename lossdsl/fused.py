@@ -163,7 +163,10 @@ class GradientBuilder(LeanForwardBuilder):
         em.names[GRAD_OUT] = V("_g", tuple(free) if per_element else (), "tensor", self.loss.broadcast and per_element)
 
     def shaped(self, em: Emitter, g: Gradient) -> str:
-        """The gradient laid out like its input: axes in declared order, groups unflattened, same dtype."""
+        """The gradient laid out like its input: axes in declared order, groups unflattened, same dtype.
+        None where it is identically zero (the input only feeds comparisons), as autograd leaves it."""
+        if g.expr == 0 and self.vjp:
+            return "None"
         v = self.through_autograd(em, g) if g.via_autograd else em.emit(g.expr)
         name = f"grad_{g.wrt}"
         decl = self.loss.input(g.wrt) or self.loss.param(g.wrt)

@@ -1,0 +1,144 @@
+"""mode="fused": same gradients as autograd mode, fewer saved tensors, torch.compile and autocast."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lossdsl
+from lossdsl.fused import build_fused
+
+CE = "loss ce(x[n, c]: logits, y[n]: index(c)):\n    -log_softmax_c(x)[n, y]"
+CASES = {
+    "ce": (CE, {}),
+    "dice": ("""loss dice(p[n, c, *s]: prob, g[n, c, *s]: binary; eps = 1e-5 > 0):
+    1 - (2*sum_{*s}(p*g) + eps) / (sum_{*s}(p^2) + sum_{*s}(g^2) + eps)""", {}),
+    "focal": ("""loss focal(x: logits, y: binary; alpha = 0.25 in [0, 1], gamma = 2.0 >= 0):
+    p  = sigmoid(x)
+    pt = where(y == 1, p, 1 - p)
+    at = where(y == 1, alpha, 1 - alpha)
+    return -at * (1 - pt)^gamma * log(pt)""", {}),
+    "info_nce": ("""loss info_nce(q[i, d], k[j, d]; tau = 0.07 > 0):
+    s[i, j] = sum_d(normalize_d(q)[i, d] * normalize_d(k)[j, d]) / tau
+    -s[i, i] + logsumexp_j(s[i, j])""", {}),
+    "center": ("""loss center(f[n, d], y[n]: index(k); c[k, d]: learnable = 0):
+    0.5 * sum_d((f[n, d] - c[y, d])^2)""", {"k": 3}),
+    "weighted_ce": ("""loss wce(x[n, c]: logits, y[n]: index(c); weight[c] = 1, ignore_index: int = -100):
+    keep = [y != ignore_index]
+    -keep * weight[y] * log_softmax_c(x)[n, y]
+    reduce mean weighted by keep * weight[y]""", {"weight": torch.tensor([0.2, 1.0, 3.0])}),
+    "broadcast_mse": ("(x - y)^2", {}),
+}
+SHAPES = {"x": (6, 3), "y": (6,), "p": (2, 3, 2, 2), "g": (2, 3, 2, 2), "q": (4, 5), "k": (4, 5), "f": (6, 5)}
+
+
+def make_inputs(loss: lossdsl.Loss, dtype=torch.float64, seed=0) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for i in loss.inputs:
+        shape = SHAPES[i.name] if i.axes is not None or i.name not in ("x", "y") else (6, 3)
+        if i.kind == "index":
+            t = torch.randint(0, 3, shape, generator=gen)
+            t[0] = -100 if loss.ir.sentinels else t[0]
+        elif i.kind in ("binary",):
+            t = (torch.rand(shape, generator=gen) > 0.5).to(dtype)
+        elif i.kind == "prob":
+            t = 0.05 + 0.9 * torch.rand(shape, generator=gen, dtype=dtype)
+        else:
+            t = torch.randn(shape, generator=gen, dtype=dtype)
+        out.append(t)
+    return out
+
+
+def gradients(module: torch.nn.Module, args: list[torch.Tensor]) -> list[torch.Tensor]:
+    leaves = [a.clone().requires_grad_(a.is_floating_point()) for a in args]
+    out = module(*leaves)
+    out.backward(torch.linspace(0.5, 1.5, out.numel(), dtype=out.dtype).reshape(out.shape))
+    grads = [a.grad for a in leaves if a.requires_grad] + [p.grad for p in module.parameters()]
+    return [g if g is None else g.detach().clone() for g in grads]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_fused_gradients_equal_autograd(case, reduction):
+    text, params = CASES[case]
+    eager = lossdsl.compile(text, reduction=reduction, **params).double()
+    fused = lossdsl.compile(text, reduction=reduction, mode="fused", **params).double()
+    assert type(fused).__name__.endswith("Fused")
+    args = make_inputs(eager.loss)
+    torch.testing.assert_close(fused(*args), eager(*args), rtol=1e-12, atol=1e-12)
+    for a, b in zip(gradients(fused, args), gradients(eager, args), strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_fused_keeps_the_module_state_and_trains_learnable_parameters():
+    text, params = CASES["center"]
+    eager = lossdsl.compile(text, **params)
+    fused = build_fused(lossdsl.parse(text), **params)
+    x = torch.randn(6, 5)
+    y = torch.randint(0, 3, (6,))
+    eager(x, y), fused(x, y)  # size the lazily shaped centres
+    assert fused.state_dict().keys() == eager.state_dict().keys()
+    opt = torch.optim.SGD(fused.parameters(), lr=0.5)
+    before = fused(x, y).item()
+    for _ in range(5):
+        opt.zero_grad()
+        fused(x, y).backward()
+        opt.step()
+    assert fused(x, y).item() < before
+
+
+def _saved_bytes(module: torch.nn.Module, args: list[torch.Tensor]) -> int:
+    total = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        total.append(t.numel() * t.element_size())
+        return t
+
+    leaves = [a.clone().requires_grad_(a.is_floating_point()) for a in args]
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(*leaves).backward()
+    return sum(total)
+
+
+@pytest.mark.parametrize("case", ["ce", "focal", "dice"])
+def test_fused_saves_only_the_inputs(case):
+    text, params = CASES[case]
+    eager = lossdsl.compile(text, **params)
+    fused = lossdsl.compile(text, mode="fused", **params)
+    args = make_inputs(eager.loss, torch.float32)
+    inputs = sum(a.numel() * a.element_size() for a in args)
+    assert _saved_bytes(fused, args) == inputs
+    assert _saved_bytes(eager, args) > inputs
+
+
+def test_fused_under_torch_compile():
+    fused = lossdsl.compile(CE, mode="fused")
+    eager = lossdsl.compile(CE)
+    args = make_inputs(eager.loss, torch.float32)
+    compiled = torch.compile(fused, backend="aot_eager")
+    for a, b in zip(gradients(compiled, args), gradients(eager, args), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_fused_under_autocast():
+    text, params = CASES["dice"]
+    fused = lossdsl.compile(text, mode="fused", **params)
+    eager = lossdsl.compile(text, **params)
+    args = make_inputs(eager.loss, torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = gradients(fused, args)
+        want = gradients(eager, args)
+    for a, b in zip(got, want, strict=True):
+        assert a.dtype == torch.float32  # gradients come back in the inputs' dtype
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=1e-4)
+
+
+def test_losses_without_a_symbolic_gradient_stay_in_autograd_mode():
+    module = lossdsl.compile("loss g(x, d: fn):\n    softplus(-d(x))", mode="fused")
+    assert not type(module).__name__.endswith("Fused")
+    x = torch.randn(4, 3, requires_grad=True)
+    module(x, torch.nn.Linear(3, 1)).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
