@@ -35,13 +35,13 @@ def optional(module: str, what: str):
 
 
 # ---- targets
-def resolve(target: str, *, latex: bool = False, name: str | None = None) -> api.Loss:
+def resolve(target: str, *, latex: bool = False, name: str | None = None, vectors: Sequence[str] = ()) -> api.Loss:
     """A `.loss` file (its loss `name`, default the last), LaTeX (a .tex file, or text with a backslash),
     a stdlib name, or a one-line formula."""
     path = Path(target)
     is_file = path.suffix in (".loss", ".tex", ".txt") and path.is_file()
     if latex or path.suffix == ".tex" or (not is_file and "\\" in target):
-        return from_latex(path.read_text(encoding="utf-8") if is_file else target, name=name)
+        return from_latex(path.read_text(encoding="utf-8") if is_file else target, name=name, vectors=vectors)
     if is_file:
         losses = api.load(path)
         if not losses:
@@ -62,6 +62,14 @@ def resolve(target: str, *, latex: bool = False, name: str | None = None) -> api
     if path.suffix == ".loss":
         raise LossError(f"no such file: {target}")
     return api.parse(target)
+
+
+def target_of(args: argparse.Namespace) -> api.Loss:
+    return resolve(args.target, latex=getattr(args, "latex", False), name=args.name, vectors=_names(args.vectors))
+
+
+def _names(text: str | None) -> list[str]:
+    return [n.strip() for n in (text or "").split(",") if n.strip()]
 
 
 def parse_params(pairs: Sequence[str]) -> dict[str, float | int | bool]:
@@ -120,7 +128,7 @@ def gradient(loss: api.Loss, wrt: str, reduction: str | None = None):
 
 # ---- commands
 def cmd_compile(args: argparse.Namespace) -> int:
-    loss = resolve(args.target, latex=args.latex, name=args.name)
+    loss = target_of(args)
     source = loss.to_source()
     if args.output:
         Path(args.output).write_text(source, encoding="utf-8")
@@ -131,7 +139,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    loss = resolve(args.target, latex=args.latex, name=args.name)
+    loss = target_of(args)
     lines = [f"loss {loss.name}"]
     if loss.doc:
         lines.append("  " + " ".join(loss.doc.split()))
@@ -151,14 +159,14 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_grad(args: argparse.Namespace) -> int:
-    loss = resolve(args.target, name=args.name)
+    loss = target_of(args)
     g = gradient(loss, args.wrt, args.reduction)
     print(g.latex() if args.as_latex else str(g))
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    loss = resolve(args.target, latex=args.latex, name=args.name)
+    loss = target_of(args)
     verify = optional("lossdsl.verify", "lossdsl check (gradient verification)")
     params = parse_params(args.param)
     progress(f"checking {loss.name}: symbolic gradient vs autograd vs finite differences ({args.trials} draws)")
@@ -178,7 +186,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from . import plot
 
     params = parse_params(args.param)
-    losses = [resolve(t, latex=args.latex) for t in args.targets]
+    losses = [resolve(t, latex=args.latex, vectors=_names(args.vectors)) for t in args.targets]
     curves = []
     for k, loss in enumerate(losses, 1):
         progress(f"[{k}/{len(losses)}] {loss.name}")
@@ -199,7 +207,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import quickbench as bench
 
-    loss = resolve(args.target, latex=args.latex, name=args.name)
+    loss = target_of(args)
     print(bench.run(loss, size=args.size, repeat=args.repeat, variants=args.variants.split(","),
                     params=parse_params(args.param), report=progress))
     return 0
@@ -212,6 +220,11 @@ def _target(p: argparse.ArgumentParser, latex_flag: bool = True) -> None:
     p.add_argument("--name", help="which loss of a .loss file (default: the last one)")
     if latex_flag:
         p.add_argument("--latex", action="store_true", help="read the target as LaTeX (text or a file)")
+    _vectors(p)
+
+
+def _vectors(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--vectors", metavar="q,k", help="LaTeX input: tensors with a feature axis (dot products)")
 
 
 def _params(p: argparse.ArgumentParser) -> None:
@@ -248,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="x axis: the error (prediction - target) or the logit (target 1); auto picks by kind")
     plot.add_argument("--points", type=int, default=401)
     plot.add_argument("--latex", action="store_true", help="the targets are LaTeX formulas")
+    _vectors(plot)
     plot.add_argument("-o", "--output", required=True, help="the PNG to write")
     _params(plot)
     ps["bench"].add_argument("--size", type=int, default=4096, help="batch size (default 4096)")

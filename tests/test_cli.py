@@ -159,3 +159,12 @@ def test_check_passes_parameters_to_verify_and_the_stability_report(capsys):
     assert cli.main(["check", r"\gamma (x - y)^2", "-p", "gamma=2", "--trials", "1"]) == 0
     out = capsys.readouterr().out
     assert "verify latex_loss: PASS" in out and "float32" in out and "not measured" not in out
+
+
+def test_vectors_option_gives_latex_inputs_a_feature_axis(capsys):
+    from lossdsl import cli
+
+    tex = r"-\log \frac{\exp(q \cdot k_+ / \tau)}{\sum_{i=0}^{K} \exp(q \cdot k_i / \tau)}"
+    assert cli.main(["show", tex, "--vectors", "q,k"]) == 0
+    out = capsys.readouterr().out
+    assert "inputs:     q[d], k_pos[d], k[i, d]" in out and "logsumexp_i(" in out
