@@ -95,7 +95,8 @@ class LayerSum(torch.nn.Module):
 
     The language has no loop over tensors of different shapes, so the per-layer term is a stdlib loss
     (feature_distance, gram_distance) and only this weighted sum over layers is Python. `phi` is given at
-    call time, like an `fn` input, and returns a dict of feature maps (or a list, with integer keys).
+    call time, like an `fn` input, and returns a dict of feature maps (or a list, with integer keys, or a
+    single tensor, layer 0).
     """
 
     def __init__(self, term: torch.nn.Module, weights: dict | None) -> None:
@@ -103,10 +104,17 @@ class LayerSum(torch.nn.Module):
         self.term, self.weights, self.loss = term, weights, term.loss
 
     def forward(self, phi: Callable, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        fx, fy = phi(x), phi(y)
-        keys = self.weights or (fx.keys() if isinstance(fx, dict) else range(len(fx)))
-        weights = self.weights or dict.fromkeys(keys, 1.0)
+        fx, fy = _layers(phi(x)), _layers(phi(y))
+        weights = self.weights or dict.fromkeys(fx, 1.0)
         return sum(w * self.term(fx[k], fy[k]) for k, w in weights.items())
+
+
+def _layers(features) -> dict:
+    """A feature extractor's output as {layer: tensor}: a dict as is, a list by position, a tensor as layer 0
+    (indexing a tensor by position would silently pick samples, not layers)."""
+    if isinstance(features, torch.Tensor):
+        return {0: features}
+    return dict(features) if isinstance(features, dict) else dict(enumerate(features))
 
 
 def perceptual_loss(weights: dict | None = None, **params) -> torch.nn.Module:

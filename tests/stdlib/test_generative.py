@@ -216,6 +216,15 @@ def test_perceptual_and_style_extractors_returning_lists() -> None:
         stdlib.perceptual_loss(weights={"relu2": 1.0})(phi, x, y).item())
 
 
+def test_an_extractor_returning_one_tensor_is_one_layer() -> None:
+    phi, x, y = Features().double(), images(), images()
+
+    def last(t):
+        return phi(t)["relu2"]
+
+    assert stdlib.perceptual_loss()(last, x, y).item() == pytest.approx(F.mse_loss(last(x), last(y)).item())
+
+
 def test_perceptual_and_style_identical_images_are_zero() -> None:
     phi, x = Features().double(), images()
     assert stdlib.perceptual_loss()(phi, x, x).item() == 0.0
