@@ -36,25 +36,38 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_step(run: Callable[[], None], device: torch.device, budget: float = 0.6, max_reps: int = 50) -> Timing:
-    """Median of repeated calls after warm-up; repeats until `budget` seconds or `max_reps` calls."""
+def time_steps(runs: dict[str, Callable[[], None]], device: torch.device, budget: float = 1.0,
+               max_rounds: int = 40) -> dict[str, Timing]:
+    """Median time of each run, measured in interleaved rounds (one call of each per round) so that the
+    load of a shared machine falls on every variant alike; a variant that raises is left out."""
+    first: dict[str, float] = {}
+    for key, run in runs.items():
+        try:
+            first[key] = _once(run, device)
+            run()
+        except Exception as err:  # reported by the caller as missing
+            print(f"    {key} failed: {type(err).__name__}: {str(err)[:120]}")
+    samples: dict[str, list[float]] = {k: [] for k in first}
+    deadline = time.perf_counter() + budget * max(len(first), 1)
+    rounds = 0
+    while rounds < 5 or (time.perf_counter() < deadline and rounds < max_rounds):
+        for key in first:
+            samples[key].append(_once(runs[key], device))
+        rounds += 1
+    out = {}
+    for key, xs in samples.items():
+        q = statistics.quantiles(xs, n=4)
+        med = statistics.median(xs)
+        out[key] = Timing(med, (q[2] - q[0]) / med, first[key])
+    return out
+
+
+def _once(run: Callable[[], None], device: torch.device) -> float:
     sync(device)
     start = time.perf_counter()
     run()
     sync(device)
-    first = time.perf_counter() - start
-    run()
-    samples: list[float] = []
-    deadline = time.perf_counter() + budget
-    while len(samples) < 5 or (time.perf_counter() < deadline and len(samples) < max_reps):
-        sync(device)
-        t = time.perf_counter()
-        run()
-        sync(device)
-        samples.append(time.perf_counter() - t)
-    q = statistics.quantiles(samples, n=4)
-    med = statistics.median(samples)
-    return Timing(med, (q[2] - q[0]) / med, first)
+    return time.perf_counter() - start
 
 
 def peak_bytes(run: Callable[[], None], device: torch.device) -> int:

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from cases import CASES, Case
-from measure import min_traffic, peak_bandwidth, peak_bytes, step, time_step
+from measure import min_traffic, peak_bandwidth, peak_bytes, step, time_steps
 
 import lossdsl
 from lossdsl import compiled
@@ -76,19 +76,14 @@ def bench_row(name: str, loss: Loss, size: str, device: torch.device, dtype: tor
     case = CASES[name]
     inputs = case.make(SIZES[size], device, dtype)
     fns = variants(loss, case, modes, dynamic=False)
-    row: dict = {"name": name, "size": size, "n": sum(t.numel() for t in inputs[:1]), "check": "", "t": {},
-                 "mem": {}, "noise": 0.0, "compile": None}
-    for key, fn in fns.items():
-        try:
-            run = step(fn, inputs)
-            timing = time_step(run, device)
-            row["t"][key] = timing.median
-            row["noise"] = max(row["noise"], timing.spread)
-            row["mem"][key] = peak_bytes(run, device)
-            if key == "compiled":
-                row["compile"] = timing.first
-        except Exception as err:
-            print(f"  {name}/{size}: {key} failed ({type(err).__name__}: {str(err)[:120]})")
+    row: dict = {"name": name, "size": size, "check": "", "t": {}, "mem": {}, "noise": 0.0, "compile": None}
+    runs = {key: step(fn, inputs) for key, fn in fns.items()}
+    for key, timing in time_steps(runs, device, budget=0.5 if size == "large" else 0.2).items():
+        row["t"][key] = timing.median
+        row["noise"] = max(row["noise"], timing.spread)
+        row["mem"][key] = peak_bytes(runs[key], device)
+        if key == "compiled":
+            row["compile"] = timing.first
     working = {k: f for k, f in fns.items() if k in row["t"]}
     row["check"] = agree(working, inputs)
     peak = peak_bandwidth(device)
@@ -144,33 +139,36 @@ def sweep(losses: dict[str, Loss], device: torch.device, dtype: torch.dtype) -> 
         for exp in range(12, 23, 2):
             inputs = case.make(1 << exp, device, dtype)
             n = inputs[0].numel()
-            cells = []
-            for key, fn in fns.items():
-                med = time_step(step(fn, inputs), device, budget=0.3).median
-                cells.append(f"{key}={med * 1e3:.3f} ({med / n * 1e9:.2f})")
-            print(f"    n={n:>8}  " + "  ".join(cells))
+            timings = time_steps({k: step(f, inputs) for k, f in fns.items()}, device, budget=0.2)
+            cells = [f"{k}={tm.median * 1e3:.3f} ({tm.median / n * 1e9:.2f})" for k, tm in timings.items()]
+            print(f"    n={n:>8}  " + "  ".join(cells), flush=True)
 
 
 STARTUP = """
 import sys, time
 t0 = time.perf_counter()
 import torch, lossdsl
+from lossdsl import api
 from lossdsl.api import STDLIB_DIR
+fresh = api._lower_fresh
+misses = []
+api._lower_fresh = lambda d, defs: misses.append(d.name) or fresh(d, defs)
 t1 = time.perf_counter()
 count = 0
 for path in sorted(STDLIB_DIR.glob("*.loss")):
     for loss in lossdsl.load(path).values():
-        loss.module_class()
+        loss.compile(**{p.name: 1 for p in loss.parameters if p.default is None}, **dict.fromkeys(
+            loss.axis_keywords(), 3))
         count += 1
 t2 = time.perf_counter()
-print(f"{count} {t1 - t0:.3f} {t2 - t1:.3f}")
+print(f"{count} {t1 - t0:.3f} {t2 - t1:.3f} {len(misses)}")
 """
 
 FIRST_CALL = """
 import time, torch, lossdsl
 from lossdsl import compiled
 t0 = time.perf_counter()
-loss = lossdsl.stdlib.get({name!r})
+loss = lossdsl.stdlib.get('NAME')
 m = compiled.build(loss, loss.compile(), dynamic=False)
 x, y = torch.randn(1 << 20, requires_grad=True), (torch.rand(1 << 20) > 0.5).float()
 torch.autograd.grad(m(x, y), x)
@@ -188,13 +186,13 @@ def startup(keep_inductor: bool) -> None:
         for label in ("cold", "warm"):
             out = subprocess.run([sys.executable, "-c", STARTUP], env=env, capture_output=True, text=True,
                                  check=True).stdout.split()
-            print(f"  stdlib, eager, {label:4}: {out[0]} losses in {float(out[2]):.2f} s "
-                  f"(imports {float(out[1]):.2f} s, not included)")
+            print(f"  stdlib, eager, {label:4}: {out[0]} losses to nn.Modules in {float(out[2]):.2f} s, "
+                  f"{out[3]} lowered afresh (imports {float(out[1]):.2f} s, not included)")
         if "sigmoid_focal_loss" not in stdlib_losses():
             return
         inductor = {} if keep_inductor else {"TORCHINDUCTOR_CACHE_DIR": str(Path(tmp) / "inductor")}
         for label in ("cold", "warm"):
-            out = subprocess.run([sys.executable, "-c", FIRST_CALL.format(name="sigmoid_focal_loss")],
+            out = subprocess.run([sys.executable, "-c", FIRST_CALL.replace("NAME", "sigmoid_focal_loss")],
                                  env={**env, **inductor}, capture_output=True, text=True, check=True).stdout.split()
             print(f"  sigmoid_focal_loss, compiled, {label:4}: first forward+backward {float(out[0]):.1f} s "
                   f"(forward compile {float(out[1]):.1f} s)" + ("  [torch's shared Inductor cache]"
@@ -208,12 +206,15 @@ def main() -> None:
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--skip-sweep", action="store_true")
     ap.add_argument("--skip-startup", action="store_true")
     ap.add_argument("--keep-inductor-cache", action="store_true",
                     help="measure compiled cold/warm with torch's own Inductor cache dir instead of a fresh one")
     args = ap.parse_args()
     torch._dynamo.config.recompile_limit = 64
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     modes = tuple(args.modes.split(","))
     losses = stdlib_losses()
@@ -231,6 +232,8 @@ def main() -> None:
             continue
         for size in args.sizes.split(","):
             rows.append(bench_row(name, losses[name], size, device, dtype, modes))
+            print(f"  {name}/{size}: " + ", ".join(f"{k}={v * 1e3:.3f}ms" for k, v in rows[-1]["t"].items()),
+                  flush=True)
     no_case = sorted(set(losses) - set(CASES))
     print(f"  no benchmark case (input generator) yet for {len(no_case)} stdlib losses: {', '.join(no_case)}")
     print_rows([r for r in rows if r], modes)
