@@ -291,19 +291,26 @@ class Emitter:
         if name is None:
             raise LatexError("a function applied to an expression cannot be read; lossdsl reads f(x) as the "
                              "tensor f_x (the network's output for x)", _span(self.text, a.pos))
-        note = f"read {a.base.base}(...) as the input tensor {name} (the network's output)"
-        if note not in self.notes:
-            self.notes.append(note)
+        self.note(f"read {a.base.base}(...) as the input tensor {name} (the network's output)")
         slots = [sl for x in a.args if isinstance(x, Sym) for sl in self.split(x)[1]]
         return self.reference(name, slots, a)
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
 
     def index_args(self, a: Apply) -> bool:
         return all(isinstance(x, Sym) and x.subs is None and x.base in self.indices for x in a.args)
 
     def applied_name(self, a: Apply) -> str | None:
-        if not all(isinstance(x, Sym) for x in a.args):
-            return None
-        return "_".join([self.split(a.base)[0], *(self.split(x)[0] for x in a.args if isinstance(x, Sym))])
+        """`f(x)` → 'f_x', `D(G(z))` → 'D_G_z'; None for an argument that is not a name."""
+        parts = [self.split(a.base)[0]]
+        for x in a.args:
+            inner = self.split(x)[0] if isinstance(x, Sym) else self.applied_name(x) if isinstance(x, Apply) else None
+            if inner is None:
+                return None
+            parts.append(inner)
+        return "_".join(parts)
 
     def emit_bin(self, b: Bin) -> str:
         if b.op == "^":
@@ -368,6 +375,8 @@ class Emitter:
             return self.emit_log(c.args[0])
         if c.fn in ("max", "min") and len(c.args) > 2:
             return self.emit_call(Call(c.pos, c.fn, [c.args[0], Call(c.pos, c.fn, c.args[1:])]))
+        if c.fn == "mean":
+            self.note("read \\mathbb{E}[...] as the mean over every element of its argument")
         if c.fn not in ("max", "min") and len(c.args) != 1:
             raise LatexError(f"\\{c.fn} takes one argument", _span(self.text, c.pos))
         return f"{c.fn}({', '.join(self.emit(a) for a in c.args)})"

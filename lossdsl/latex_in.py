@@ -516,9 +516,21 @@ class Reader:
         if letter in ("1", "I"):
             return self.iverson(t)
         if letter == "E":
-            raise self.error("expectations \\mathbb{E} are not read; write the mean as \\frac{1}{N}\\sum_{i=1}^{N}",
-                             t.pos)
+            return self.expectation(t)
         raise self.error(f"cannot read \\mathbb{{{letter}}}", t.pos)
+
+    def expectation(self, t: Tok) -> Node:
+        """\\mathbb{E}_{x \\sim p}[f]: the mean of f over every element (the subscript names the batch)."""
+        if self.at("sym", "_"):
+            self.next()
+            self.group_tokens()
+        open_ = self.next()
+        close = {"(": ")", "[": "]", "\\{": "\\}", "{": "}"}.get(open_.text)
+        if close is None:
+            raise self.error("an expectation takes its argument in brackets, as in \\mathbb{E}[f(x)]", open_.pos)
+        body = self.expr()
+        self.expect("sym", close)
+        return Call(t.pos, "mean", [body])
 
     def iverson(self, t: Tok) -> Node:
         """\\mathbb{1}[c], \\mathbb{I}(c), \\mathbb{1}_{c}: 1 where the condition holds."""

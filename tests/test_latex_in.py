@@ -170,7 +170,7 @@ def test_small_forms(tex, ref):
 
 @pytest.mark.parametrize(("tex", "message", "column"), [
     (r"\mathcal{L} = \int p(x) dx", "cannot read \\int", 15),
-    (r"\mathcal{L} = \mathbb{E}_x[\log D(x)]", "expectations", 15),
+    (r"\mathcal{L} = \|\nabla_x D(x)\|", "cannot read \\nabla", 17),
     (r"\mathcal{L} = (x - y", "expected ')'", 21),
     (r"\mathcal{L} = x + ", "ends too early", 18),
     (r"\mathcal{L} = \sum p", "without a subscript", 15),
@@ -205,3 +205,11 @@ def test_words_underbraces_and_indexed_words():
     assert loss.name == "attention" and [i.name for i in loss.inputs] == ["M", "Prediction", "Target"]
     m, p, t = torch.rand(3, 4, dtype=D), torch.randn(3, 4, dtype=D), torch.randn(3, 4, dtype=D)
     close(loss.compile()(M=m, Prediction=p, Target=t), (m * (p - t) ** 2).sum())
+
+
+def test_expectations_are_means_and_nested_applications_are_network_outputs():
+    tex = r"\min_G \max_D V(D, G) = \mathbb{E}_{x \sim p_{data}(x)}[\log D(x)] + \mathbb{E}_{z}[\log(1 - D(G(z)))]"
+    loss = from_latex(tex)
+    assert [i.name for i in loss.inputs] == ["D_x", "D_G_z"]
+    real, fake = torch.rand(6, 2, dtype=D), torch.rand(6, 2, dtype=D)
+    close(loss.compile()(D_x=real, D_G_z=fake), real.log().mean() + (1 - fake).log().mean())
