@@ -4,6 +4,7 @@ Each function has torch's signature, defaults and semantics. Its body only trans
 a definition (by target dtype, by an option), reshapes unbatched inputs to a batch of one, and validates what
 torch validates in Python; every formula lives in the `.loss` file. Compiled modules are cached: a loss is
 lowered once, its class built once, and a module with only scalar parameters is reused across calls.
+Any other name (`F.relu`, `F.softmax`, ...) is torch.nn.functional's own, so the import swap is one line.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ __all__ = [
     "multilabel_soft_margin_loss", "nll_loss", "pairwise_distance", "poisson_nll_loss", "smooth_l1_loss",
     "soft_margin_loss", "triplet_margin_loss", "triplet_margin_with_distance_loss",
 ]
+
+
+def __getattr__(name: str):
+    """The rest of torch.nn.functional, so `import lossdsl.functional as F` replaces only the losses."""
+    return getattr(torch.nn.functional, name)
 
 
 # ---- compiled modules

@@ -1,5 +1,7 @@
 """Drop-ins for the loss modules of `torch.nn`: `import lossdsl.nn as nn` and keep `nn.CrossEntropyLoss(...)`.
 
+Every other name (`nn.Linear`, `nn.Module`, ...) is torch.nn's own, so the swap is one line for a whole script.
+
 Each class is generated from one row of `SPECS`: torch's constructor (argument names, order, defaults) and the
 `lossdsl.functional` function that forward() calls with the stored options. Like torch's `_WeightedLoss`,
 tensor options (weight, pos_weight) are buffers, so `.to(device)` and `state_dict()` carry them.
@@ -117,3 +119,8 @@ def _make(name: str, spec: Spec) -> type[torch.nn.Module]:
 
 globals().update({name: _make(name, spec) for name, spec in SPECS.items()})
 __all__ = sorted(SPECS)
+
+
+def __getattr__(name: str):
+    """The rest of torch.nn (layers, containers, init, ...), so `import lossdsl.nn as nn` replaces only losses."""
+    return getattr(torch.nn, name)

@@ -8,6 +8,7 @@ documents a clamp (log(0) in BCE), since there the two may pick different one-si
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import pytest
@@ -33,6 +34,7 @@ def assert_close(ours: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> N
 
 def compare(name: str, inputs: list, grad: tuple[int, ...] = (0,), reductions=REDUCTIONS, **kw) -> None:
     """Values and gradients of lossdsl.functional.<name> equal torch's, in float64 and float32."""
+    assert getattr(LF, name).__module__ == "lossdsl.functional", f"{name} falls through to torch's own"
     for dtype in (torch.float64, torch.float32):
         for reduction in reductions:
             ours, theirs = _copies(inputs, grad, dtype), _copies(inputs, grad, dtype)
@@ -97,6 +99,24 @@ def sparse_weight(shape, seed: int) -> torch.Tensor:
 shapes = st.lists(st.integers(0, 3), min_size=0, max_size=3).map(tuple)
 nonempty = st.lists(st.integers(1, 3), min_size=1, max_size=3).map(tuple)
 seeds = st.integers(0, 10_000)
+
+
+TORCH_LOSSES = [
+    "l1_loss", "mse_loss", "smooth_l1_loss", "huber_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits",
+    "cross_entropy", "nll_loss", "kl_div", "poisson_nll_loss", "gaussian_nll_loss", "soft_margin_loss",
+    "multilabel_soft_margin_loss", "multilabel_margin_loss", "multi_margin_loss", "hinge_embedding_loss",
+    "margin_ranking_loss", "cosine_embedding_loss", "triplet_margin_loss", "triplet_margin_with_distance_loss",
+    "ctc_loss",
+]
+
+
+def test_every_loss_is_a_drop_in():
+    """lossdsl.functional falls back to torch for other names; every loss must be its own function."""
+    assert set(TORCH_LOSSES) <= set(LF.__all__)
+    for name in TORCH_LOSSES:
+        assert getattr(LF, name).__module__ == "lossdsl.functional", name
+        assert list(inspect.signature(getattr(LF, name)).parameters) == \
+            list(inspect.signature(getattr(TF, name)).parameters), name
 
 
 # ---- regression

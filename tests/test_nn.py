@@ -103,6 +103,13 @@ def test_bad_reduction_is_a_loss_error():
         lnn.MSELoss(reduction="average")(randn(2), randn(2))
 
 
+def test_other_names_are_torch_nn_own():
+    assert lnn.Linear is torch.nn.Linear and lnn.init is torch.nn.init
+    assert lossdsl.functional.relu is TF.relu
+    with pytest.raises(AttributeError):
+        lnn.NoSuchLayer  # noqa: B018 - the attribute access is the test
+
+
 def test_one_line_swap_trains():
     """`import lossdsl.nn as nn` in place of torch.nn: one optimiser step lowers the loss, as torch's does."""
     torch.manual_seed(0)
