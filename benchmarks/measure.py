@@ -11,6 +11,8 @@ import torch
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
+SLOW = 3.0  # seconds: a variant this slow after warm-up is timed once (it would stall the run)
+
 
 @dataclass
 class Timing:
@@ -41,23 +43,24 @@ def time_steps(runs: dict[str, Callable[[], None]], device: torch.device, budget
     """Median time of each run, measured in interleaved rounds (one call of each per round) so that the
     load of a shared machine falls on every variant alike; a variant that raises is left out."""
     first: dict[str, float] = {}
+    samples: dict[str, list[float]] = {}
     for key, run in runs.items():
         try:
             first[key] = _once(run, device)
-            run()
+            samples[key] = [_once(run, device)]
         except Exception as err:  # reported by the caller as missing
             print(f"    {key} failed: {type(err).__name__}: {str(err)[:120]}")
-    samples: dict[str, list[float]] = {k: [] for k in first}
-    deadline = time.perf_counter() + budget * max(len(first), 1)
+    repeat = [k for k, xs in samples.items() if xs[0] < SLOW]  # a pathologically slow variant: one sample
+    deadline = time.perf_counter() + budget * max(len(repeat), 1)
     rounds = 0
     while rounds < 5 or (time.perf_counter() < deadline and rounds < max_rounds):
-        for key in first:
+        for key in repeat:
             samples[key].append(_once(runs[key], device))
         rounds += 1
     out = {}
     for key, xs in samples.items():
-        q = statistics.quantiles(xs, n=4)
         med = statistics.median(xs)
+        q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [med, med, med]
         out[key] = Timing(med, (q[2] - q[0]) / med, first[key])
     return out
 
