@@ -373,7 +373,7 @@ class Emitter:
         factors = sp.Mul.make_args(rest)
         inner = [f for f in factors if any(str(s) in idx for s in f.free_symbols)]
         outer = [f for f in factors if f not in inner]
-        if len(inner) < 2:
+        if len(inner) < 2 or any(ir.is_index(f) for f in inner):  # a position (int64 arange) cannot join einsum
             return None
         vals = [self.emit(f) for f in inner]
         if any(not v.is_tensor or v.ell for v in vals) or any(

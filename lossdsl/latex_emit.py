@@ -212,6 +212,8 @@ class Emitter:
         return n.value
 
     def emit_sym(self, s: Sym) -> str:
+        if s.subs is None and s.style == "letter" and s.base in self.indices:
+            return self.idx(s.base)  # an index used as a value is its position, as in the language
         name, slots = self.split(s)
         return self.reference(name, slots, s)
 

@@ -213,3 +213,9 @@ def test_expectations_are_means_and_nested_applications_are_network_outputs():
     assert [i.name for i in loss.inputs] == ["D_x", "D_G_z"]
     real, fake = torch.rand(6, 2, dtype=D), torch.rand(6, 2, dtype=D)
     close(loss.compile()(D_x=real, D_G_z=fake), real.log().mean() + (1 - fake).log().mean())
+
+
+def test_an_index_used_as_a_value_is_its_position():
+    loss = from_latex(r"\sum_{i=1}^{N} i \, x_i")
+    x = torch.tensor([1.0, 2.0, 3.0], dtype=D)
+    close(loss.compile()(x=x), torch.tensor(0 * 1.0 + 1 * 2.0 + 2 * 3.0, dtype=D))
