@@ -29,11 +29,8 @@ class Builtin:
 
 
 def _extended(targets: Tensor, target_lengths: Tensor, blank: int, classes: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Labels with blanks interleaved (b, y1, b, y2, ..., b), the states in use, and the allowed moves.
-
-    moves[n, r, s] is 1 where state r may go to state s in one frame: stay, step, or skip a blank between
-    two different labels.
-    """
+    """Labels with blanks interleaved (b, y1, b, y2, ..., b), the states in use, and where a blank may be
+    skipped (state s may be entered from s - 2 when it is a label different from the one two states back)."""
     n, s = targets.shape
     ext = torch.full((n, 2 * s + 1), blank, dtype=torch.long, device=targets.device)
     ext[:, 1::2] = targets.long().clamp(0, max(classes - 1, 0))
@@ -41,53 +38,63 @@ def _extended(targets: Tensor, target_lengths: Tensor, blank: int, classes: int)
     used = states[None, :] < (2 * target_lengths.long() + 1)[:, None]
     previous = torch.nn.functional.pad(ext, (2, 0), value=blank)[:, : ext.shape[1]]
     skip = (ext != blank) & (ext != previous)
-    step = states[None, :] - states[:, None]
-    moves = (step == 0) | (step == 1) | ((step == 2) & skip[:, None, :])
-    return ext, used, moves
+    return ext, used, skip
 
 
 def ctc_nll(log_probs: Tensor, targets: Tensor, input_lengths: Tensor, target_lengths: Tensor,
             blank: int) -> Tensor:
     """-log p(targets | log_probs) per sample, +inf where no alignment exists.
 
-    log_probs is (T, N, C), targets (N, S) padded, lengths (N,). Graves' forward recursion runs in
-    probability space with the state vector rescaled to sum 1 at every frame; the logs of the scales add
-    up to log p. Rescaling keeps alpha in range, and plain sums and products keep autograd's gradient
-    finite: a log-space recursion would back-propagate nan through states that are -inf on every path.
-    One frame is one batched product with the (N, L, L) matrix of allowed moves.
+    log_probs is (T, N, C), targets (N, S) padded, lengths (N,). Graves' forward recursion in log space
+    (an emission of log-probability -1e4 is a number, not an underflow): each state takes the log-sum of
+    itself, its predecessor and, past a blank, the state two back. The log-sum is guarded so unreachable
+    states are -inf with zero gradient, not the nan that logsumexp over all -inf back-propagates.
     """
     steps, batch, classes = log_probs.shape
-    ext, used, moves = _extended(targets, target_lengths, blank, classes)
+    ext, used, skip = _extended(targets, target_lengths, blank, classes)
     width = ext.shape[1]
-    emit = log_probs.exp().gather(2, ext[None].expand(steps, batch, width)) * used
-    moves = moves.to(emit.dtype)
-    alpha = emit[0] * (torch.arange(width, device=ext.device) < 2) if steps else emit.new_zeros(batch, width)
-    alphas, scales = [], []
-    for t in range(steps):
-        if t:
-            alpha = torch.bmm(alpha[:, None, :], moves)[:, 0] * emit[t]
-        scale = alpha.sum(1)
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        alpha = alpha / scale[:, None]
+    emit = log_probs.gather(2, ext[None].expand(steps, batch, width))
+    start = used & (torch.arange(width, device=ext.device) < 2)
+    alpha = _masked(emit[0], start) if steps else emit.new_full((batch, width), float("-inf"))
+    alphas = [alpha]
+    for t in range(1, steps):
+        one, two = _shifted(alpha, 1), _masked(_shifted(alpha, 2), skip)
+        alpha = _masked(_log_sum(alpha, one, two) + emit[t], used)
         alphas.append(alpha)
-        scales.append(scale)
-    return _finish(alphas, scales, input_lengths.long(), target_lengths.long())
+    return _finish(alphas, input_lengths.long(), target_lengths.long())
 
 
-def _finish(alphas: list[Tensor], scales: list[Tensor], input_lengths: Tensor, target_lengths: Tensor) -> Tensor:
-    """Reads each sample at its last frame: log p = the logs of its scales + log of its two final states."""
+def _shifted(x: Tensor, k: int) -> Tensor:
+    """x moved k states to the right along the last axis, -inf entering on the left."""
+    return torch.nn.functional.pad(x, (k, 0), value=float("-inf"))[..., : x.shape[-1]]
+
+
+def _log_sum(*xs: Tensor) -> Tensor:
+    """log(sum exp xs), elementwise; -inf (with zero gradient) where every term is -inf."""
+    top = torch.stack(xs).amax(0).detach()
+    alive = torch.isfinite(top)
+    top = torch.where(alive, top, torch.zeros_like(top))
+    total = sum((x - top).exp() for x in xs)
+    return _masked(_safe_log(total) + top, alive)
+
+
+def _safe_log(x: Tensor) -> Tensor:
+    """log x where x > 0, and 0 (with zero gradient) elsewhere: the caller masks those places to -inf."""
+    return torch.where(x > 0, x, torch.ones_like(x)).log()
+
+
+def _masked(x: Tensor, keep: Tensor) -> Tensor:
+    return torch.where(keep, x, torch.full_like(x, float("-inf")))
+
+
+def _finish(alphas: list[Tensor], input_lengths: Tensor, target_lengths: Tensor) -> Tensor:
+    """Reads each sample at its last frame: log p = log-sum of its two final states."""
     batch = input_lengths.shape[0]
-    if not alphas:
-        return torch.where(target_lengths == 0, 0.0, float("inf")).to(torch.get_default_dtype())
-    last, rows = (input_lengths - 1).clamp(min=0), torch.arange(batch, device=input_lengths.device)
-    alpha = torch.stack(alphas)[last, rows]
-    log_p = torch.cumsum(torch.stack(scales).log(), 0)[last, rows]
+    alpha = torch.stack(alphas)[(input_lengths - 1).clamp(min=0), torch.arange(batch, device=input_lengths.device)]
     end = 2 * target_lengths
-    final = alpha.gather(1, end[:, None])[:, 0]
-    final = final + torch.where(end > 0, alpha.gather(1, (end - 1).clamp(min=0)[:, None])[:, 0], 0.0)
-    feasible = final > 0
-    nll = -(log_p + torch.where(feasible, final, torch.ones_like(final)).log())
-    nll = torch.where(feasible, nll, torch.full_like(nll, float("inf")))
+    last = alpha.gather(1, end[:, None])[:, 0]
+    before = torch.where(end > 0, alpha.gather(1, (end - 1).clamp(min=0)[:, None])[:, 0], float("-inf"))
+    nll = -_log_sum(last, before)
     no_frames = torch.where(target_lengths == 0, 0.0, float("inf")).to(nll.dtype)
     return torch.where(input_lengths == 0, no_frames, nll)
 

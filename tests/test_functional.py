@@ -483,3 +483,23 @@ def test_modules_with_scalar_options_are_reused():
     first = LF.module("huber_loss", "mean", delta=0.5)
     assert LF.module("huber_loss", "mean", delta=0.5) is first
     assert LF.module("huber_loss", "sum", delta=0.5) is not first
+
+
+def test_ctc_loss_of_a_confident_wrong_model_is_finite_like_torch():
+    """Log-probabilities of -1e3 on the targets underflow exp in any dtype; the recursion stays in log space.
+
+    The reference is torch's CTC in float64 on the same values; in float32 log alpha is near -5e3, whose
+    spacing (5e-4) bounds how well either implementation can place the gradient's softmax weights."""
+    gen = torch.Generator().manual_seed(3)
+    logits = 1e3 * torch.randn(8, 3, 6, generator=gen)
+    targets = torch.tensor([[1, 2, 2], [3, 3, 1], [5, 4, 1]])
+    lengths, target_lengths = torch.tensor([8, 7, 5]), torch.tensor([3, 3, 2])
+    x_ref = logits.double().requires_grad_()
+    ref = TF.ctc_loss(torch.log_softmax(x_ref, -1), targets, lengths, target_lengths, reduction="none")
+    grad_ref = torch.autograd.grad(ref.sum(), x_ref)[0]
+    assert torch.isfinite(ref).all() and ref.min() > 100
+    for dtype, atol in ((torch.float64, 1e-9), (torch.float32, 4e-3)):
+        x = logits.to(dtype).requires_grad_()
+        out = LF.ctc_loss(torch.log_softmax(x, -1), targets, lengths, target_lengths, reduction="none")
+        torch.testing.assert_close(out.double(), ref, rtol=1e-6, atol=atol)
+        torch.testing.assert_close(torch.autograd.grad(out.sum(), x)[0].double(), grad_ref, rtol=0, atol=atol)
