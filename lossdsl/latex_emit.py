@@ -321,8 +321,21 @@ class Emitter:
             return f"({self.emit(b.a)})^({self.emit(b.b)})"
         if b.op == "inner" or (b.op == "dot" and self.is_vec(b.a) and self.is_vec(b.b)):
             return f"sum_{self.vec_axis}({self.emit(b.a)} * {self.emit(b.b)})"
+        if b.op == "dot" and _is_log(b.b):
+            return self.times_log(b.a, b.b.args[0])
         op = "*" if b.op == "dot" else b.op
         return f"({self.emit(b.a)} {op} {self.emit(b.b)})"
+
+    def times_log(self, coef: Node, arg: Node) -> str:
+        """`y \\log p` as `xlogy(y, p)`: the textbook's 0 log 0 = 0 (KL and cross-entropy over one-hot or sparse
+        distributions), where a plain product gives nan. A quotient distributes; stable forms stay products."""
+        if isinstance(arg, Bin) and arg.op == "/":
+            return f"({self.times_log(coef, arg.a)} - {self.times_log(coef, arg.b)})"
+        left = self.emit(coef)  # first: inputs are declared in order of appearance
+        stable = self.emit_log(arg)
+        if stable == f"log({self.emit(arg)})":
+            return f"xlogy({left}, {self.emit(arg)})"
+        return f"({left} * {stable})"
 
     def is_vec(self, n: Node) -> bool:
         if isinstance(n, (Sym, Apply)):
@@ -399,6 +412,10 @@ class Emitter:
             conds = [f"{self.idx(i)} {op} {self.emit(rhs)}" for i, op, rhs in arg.conds]
             return f"{self.reduction('logsumexp', idx, conds)}({self.emit(arg.body.args[0])})"
         return f"log({self.emit(arg)})"
+
+
+def _is_log(n: Node) -> bool:
+    return isinstance(n, Call) and n.fn == "log" and len(n.args) == 1
 
 
 def _check_name(name: str, text: str, pos: int) -> str:
