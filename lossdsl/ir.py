@@ -84,7 +84,7 @@ class _Reduction(_Tensor):
         cond = "" if self.cond == sp.true else f" | {printer.doprint(self.cond)}"
         return f"{self.op}_{{{idx}{cond}}}({printer.doprint(self.body)})"
 
-    def _latex(self, printer) -> str:
+    def _latex(self, printer, exp=None) -> str:
         idx = ",".join(sp.latex(i).replace("*", "") for i in self.indices)
         if self.cond != sp.true:
             idx += r":\," + printer.doprint(self.cond)
@@ -92,8 +92,8 @@ class _Reduction(_Tensor):
                "min": r"\min", "logsumexp": r"\operatorname{logsumexp}", "norm": r"\operatorname{norm}"}[self.op]
         body = printer.doprint(self.body)
         if self.op == "norm":
-            return rf"\left\| {body} \right\|_{{{idx}}}"
-        return rf"{sym}_{{{idx}}} \left({body}\right)"
+            return _power(rf"\left\| {body} \right\|_{{{idx}}}", exp)
+        return _power(rf"{sym}_{{{idx}}} \left({body}\right)", exp)
 
 
 def _reduction(name: str, cls: str | None = None) -> type[_Reduction]:
@@ -126,9 +126,10 @@ class _Normaliser(_Tensor):
     def _sympystr(self, printer) -> str:
         return f"{self.op}_{self.index}({printer.doprint(self.body)})"
 
-    def _latex(self, printer) -> str:
+    def _latex(self, printer, exp=None) -> str:
         op = self.op.replace("_", "\\_")
-        return rf"\operatorname{{{op}}}_{{{sp.latex(self.index)}}}\left({printer.doprint(self.body)}\right)"
+        body = printer.doprint(self.body)
+        return _power(rf"\operatorname{{{op}}}_{{{sp.latex(self.index)}}}\left({body}\right)", exp)
 
 
 class Softmax(_Normaliser):
@@ -156,6 +157,13 @@ class At(_Tensor):
         pos = ", ".join(f"{a}={printer.doprint(v)}" for a, v in zip(axes, values, strict=True))
         return f"({printer.doprint(body)})[{pos}]"
 
+    def _latex(self, printer, exp=None) -> str:
+        """`body` evaluated at axes = values: the evaluation bar, \\left. body \\right|_{c = y_n}."""
+        body, axes, values = self.args
+        pos = ",\\,".join(f"{sp.latex(a).lstrip('*')} = {printer.doprint(v)}"
+                           for a, v in zip(axes, values, strict=True))
+        return _power(rf"\left. {printer.doprint(body)} \right|_{{{pos}}}", exp)
+
 
 class Size(_Tensor):
     """The size of an index's axis (`C` for index `c`)."""
@@ -167,8 +175,9 @@ class Size(_Tensor):
     def _sympystr(self, printer) -> str:
         return str(self.args[0]).lstrip("*").upper()
 
-    def _latex(self, printer) -> str:
-        return str(self.args[0]).lstrip("*").upper()
+    def _latex(self, printer, exp=None) -> str:
+        size = str(self.args[0]).lstrip("*").upper()
+        return f"{size}^{{{exp}}}" if exp else size
 
 
 class FnCall(_Tensor):
@@ -181,6 +190,10 @@ class FnCall(_Tensor):
         text = f"{f}({', '.join(printer.doprint(a) for a in args)})"
         return text + (f"[{', '.join(map(str, labels))}]" if labels else "")
 
+    def _latex(self, printer, exp=None) -> str:
+        f, args, _ = self.args
+        return _power(rf"{printer.doprint(f)}\left({', '.join(printer.doprint(a) for a in args)}\right)", exp)
+
 
 class Grad(_Tensor):
     """d(sum of e)/d(wrt), kept in the autograd graph (create_graph=True)."""
@@ -189,6 +202,14 @@ class Grad(_Tensor):
 
     def _sympystr(self, printer) -> str:
         return f"grad({printer.doprint(self.args[0])}, {printer.doprint(self.args[1])})"
+
+    def _latex(self, printer, exp=None) -> str:
+        return _power(rf"\nabla_{{{printer.doprint(self.args[1])}}} \left({printer.doprint(self.args[0])}\right)", exp)
+
+
+def _power(tex: str, exp: str | None) -> str:
+    """SymPy's LaTeX printer hands a power's exponent to the base's `_latex` (`exp=`): the node prints both."""
+    return tex if exp is None else rf"\left({tex}\right)^{{{exp}}}"
 
 
 def _fold_outside_tensors(fold):

@@ -222,3 +222,18 @@ def test_an_index_used_as_a_value_is_its_position():
     loss = from_latex(r"\sum_{i=1}^{N} i \, x_i")
     x = torch.tensor([1.0, 2.0, 3.0], dtype=D)
     close(loss.compile()(x=x), torch.tensor(0 * 1.0 + 1 * 2.0 + 2 * 3.0, dtype=D))
+
+
+def test_every_stdlib_loss_and_ir_renders_as_latex():
+    """Powers of reductions, normalisers and sizes used to crash SymPy's printer (dice, contrastive); a gather
+    prints as an evaluation bar, not as `At(...)`."""
+    import sympy as sp
+
+    for name in stdlib.names():
+        loss = stdlib.get(name)
+        assert loss._repr_latex_().startswith("$\\displaystyle "), name
+        ir_tex = sp.latex(loss.expr)
+        assert "At" not in ir_tex and "FnCall" not in ir_tex, name
+    assert r"\right|_{c = {target}_{*n}}" in sp.latex(stdlib.get("cross_entropy").expr)
+    for name, wrt in (("dice_loss", "p"), ("gram_distance", "f")):
+        assert stdlib.get(name).grad(wrt)._repr_latex_().startswith("$\\displaystyle \\frac{\\partial L}")
