@@ -17,7 +17,7 @@ import torch
 
 from . import cache, ir, passes
 from . import syntax as s
-from .codegen import class_name, generate, size_keywords
+from .codegen import class_name, generate, py_names, size_keywords
 from .errors import InputError, LossError, ParameterError, UnknownNameError, did_you_mean
 from .frontend import CONSTANTS, ELEMENTWISE, check_param_value, lower
 from .parser import parse_text
@@ -52,7 +52,11 @@ class Loss:
         return self.ir.expr
 
     def latex(self) -> str:
-        return sp.latex(self.ir.expr)
+        """The definition as written (the author's intermediates and names, lossdsl.latex_out), not the compiled
+        IR that the stability passes rewrote: `sympy.latex(loss.expr)` prints that one."""
+        from .latex_out import written
+
+        return written(self)
 
     def _repr_latex_(self) -> str:
         return f"$\\displaystyle {self.latex()}$"
@@ -121,7 +125,9 @@ class Loss:
             raise ParameterError(f"reduction must be 'mean', 'sum', 'none' or 'batchmean', got {reduction!r}")
         if mode not in MODES:
             raise ParameterError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
-        return build_mode(mode, self, self.module_class()(**params, reduction=reduction, validate=validate))
+        py = py_names(self.ir)  # a parameter `lambda` is the keyword `lambda_` of the generated class
+        module = self.module_class()(**{py[k]: v for k, v in params.items()}, reduction=reduction, validate=validate)
+        return build_mode(mode, self, module)
 
 
 MODES = ("eager", "fused", "compiled")
