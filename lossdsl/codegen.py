@@ -7,8 +7,12 @@ and applies the reduction.
 
 from __future__ import annotations
 
+import itertools
 import keyword
 import re
+from collections.abc import Iterator
+
+import torch
 
 from . import ir
 from .emit import Emitter, V, _literal
@@ -55,11 +59,44 @@ def class_name(name: str) -> str:
     return "".join(part.capitalize() for part in re.split(r"_+", name) if part) or "Loss"
 
 
+# Names the generated module defines or calls itself. A user's name that is one of them (or a keyword, or
+# starts with "_") gets a trailing "_" in the code, never in messages: a parameter `lambda` is `lambda_`.
+GENERATED = re.compile(r"t\d+|[NSG]_\w*|\w*_ix|self|torch|out|wsum|empty|reduction|validate|error|param_error|"
+                       r"input_names|default_reduction")
+CALLED = frozenset({"abs", "all", "any", "bool", "dict", "float", "getattr", "int", "isinstance", "len", "list", "max",
+                    "min", "next", "range", "sum", "super", "tuple", "zip", "TypeError", "ValueError", "RuntimeError"})
+MODULE_ATTRIBUTES = frozenset(dir(torch.nn.Module))  # a parameter becomes self.<name>
+
+
+def _free(name: str, attribute: bool) -> bool:
+    return (is_safe_identifier(name) and not name.startswith("_") and not GENERATED.fullmatch(name)
+            and name not in CALLED and not (attribute and name in MODULE_ATTRIBUTES))
+
+
+def py_names(loss: ir.LossIR) -> dict[str, str]:
+    """User name -> the Python identifier the generated code uses, for inputs, parameters and size keywords."""
+    out: dict[str, str] = {}
+    names = [(i.name, False) for i in loss.inputs] + [(p.name, True) for p in loss.params]
+    names += [(a, False) for a in SourceBuilder(loss, named=False).size_keywords()]
+    for name, attribute in names:
+        if name not in out:
+            out[name] = next(c for c in _candidates(name) if _free(c, attribute) and c not in out.values())
+    return out
+
+
+def _candidates(name: str) -> Iterator[str]:
+    """name, name_, u_name, u1_name, ...: "_..." and the patterns of GENERATED are the generated code's own."""
+    base = "u" + name if name.startswith("_") else name
+    yield from (base, base + "_", "u_" + base)
+    yield from (f"u{k}_{base}" for k in itertools.count(1))
+
+
 class SourceBuilder:
     """Builds the module class for one LossIR."""
 
-    def __init__(self, loss: ir.LossIR) -> None:
+    def __init__(self, loss: ir.LossIR, named: bool = True) -> None:
         self.loss = loss
+        self.py = py_names(loss) if named else {}
         self.lines: list[str] = []
         self.bound: dict[str, tuple[str, int]] = {}  # axis class -> (tensor, dim) it was first read from
         self.order = list(loss.axis_of)
@@ -100,7 +137,7 @@ class SourceBuilder:
         if loss.doc:
             out.append(f"    {loss.doc.strip()!r}")
         out += ["", "    error = ValueError  # lossdsl substitutes lossdsl.InputError", "    param_error = ValueError",
-                f"    input_names = {tuple(i.name for i in loss.inputs)!r}",
+                f"    input_names = {tuple(self.py[i.name] for i in loss.inputs)!r}",
                 f"    default_reduction = {self.default_reduction()!r}", ""]
         out += self.init_source(floats)
         out += self.forward_source(floats)
@@ -114,10 +151,10 @@ class SourceBuilder:
         loss = self.loss
         args = ["self"]
         for p in loss.params:
-            args.append(p.name if p.default is None else f"{p.name}={_default_literal(p)}")
+            args.append(self.py[p.name] if p.default is None else f"{self.py[p.name]}={_default_literal(p)}")
         args.append("*")
         args.append("reduction=None")
-        args += [f"{a}=None" for a in self.size_keywords()]
+        args += [f"{self.py[a]}=None" for a in self.size_keywords()]
         args.append("validate=True")
         lines = [f"    def __init__({', '.join(args)}):", "        super().__init__()",
                  "        reduction = self.default_reduction if reduction is None else reduction",
@@ -126,49 +163,51 @@ class SourceBuilder:
                  "got {reduction!r}\")",
                  "        self.reduction = reduction", "        self.validate = validate"]
         for a in self.size_keywords():
-            lines.append(f"        self.size_{a} = {a}")
+            lines.append(f"        self.size_{a} = {self.py[a]}")
         for p in loss.params:
             lines += self.param_init(p)
         return [*lines, ""]
 
     def param_init(self, p: ir.Param) -> list[str]:
+        n = self.py[p.name]
         if p.type == "int":
-            return [f"        self.{p.name} = int({p.name})"]
+            return [f"        self.{n} = int({n})"]
         if p.type == "bool":
-            return [f"        self.{p.name} = bool({p.name})"]
+            return [f"        self.{n} = bool({n})"]
         if p.type == "learnable":
             shape = [f"self.size_{self.canon(a)}" for a in p.axes or ()]
             if not shape:
-                return [f"        self.{p.name} = torch.nn.Parameter(torch.as_tensor({p.name}, "
+                return [f"        self.{n} = torch.nn.Parameter(torch.as_tensor({n}, "
                         "dtype=torch.get_default_dtype()).clone())"]
             known = " and ".join(f"{s} is not None" for s in shape)
-            return [f"        if isinstance({p.name}, torch.Tensor) and {p.name}.dim() == {len(shape)}:",
-                    f"            self.{p.name} = torch.nn.Parameter({p.name}.detach().clone())",
+            return [f"        if isinstance({n}, torch.Tensor) and {n}.dim() == {len(shape)}:",
+                    f"            self.{n} = torch.nn.Parameter({n}.detach().clone())",
                     f"        elif {known}:",
-                    f"            self.{p.name} = torch.nn.Parameter(torch.full(({', '.join(shape)},), "
-                    f"float({p.name})))",
+                    f"            self.{n} = torch.nn.Parameter(torch.full(({', '.join(shape)},), "
+                    f"float({n})))",
                     "        else:  # materialised on the first call, once the input sizes are known",
-                    f"            self.{p.name} = torch.nn.parameter.UninitializedParameter()",
-                    f"            self._init_{p.name} = float({p.name})"]
-        return [f"        self.register_buffer({p.name!r}, torch.as_tensor({p.name}, dtype=torch.float64))"]
+                    f"            self.{n} = torch.nn.parameter.UninitializedParameter()",
+                    f"            self._init_{n} = float({n})"]
+        return [f"        self.register_buffer({n!r}, torch.as_tensor({n}, dtype=torch.float64))"]
 
     def forward_source(self, floats: list[ir.Param]) -> list[str]:
         loss = self.loss
         tensor_inputs = [i for i in loss.inputs if i.kind != "fn"]
-        sig = ", ".join(["self", *(i.name for i in loss.inputs)])
+        sig = ", ".join(["self", *(self.py[i.name] for i in loss.inputs)])
         self.lines = []
         w = self.lines.append
         for i in tensor_inputs:
-            w(f"if not isinstance({i.name}, torch.Tensor):")
+            n = self.py[i.name]
+            w(f"if not isinstance({n}, torch.Tensor):")
             w("    try:")
-            w(f"        {i.name} = torch.as_tensor({i.name})")
+            w(f"        {n} = torch.as_tensor({n})")
             w("    except (TypeError, ValueError, RuntimeError) as err:")
             w(f"        raise self.error(f\"input '{i.name}' is not a tensor and cannot become one: {{err}}\") "
               "from None")
-        real = [i.name for i in tensor_inputs if not i.is_integral]
+        real = [self.py[i.name] for i in tensor_inputs if not i.is_integral]
         w(f"_odt = _float_dtype({', '.join(real)})" if real else "_odt = torch.get_default_dtype()")
         w("_dt = _compute_dtype(_odt)  # the dtype computed in; the result is returned in _odt")
-        w(f"_dev = {tensor_inputs[0].name}.device" if tensor_inputs else "_dev = torch.device('cpu')")
+        w(f"_dev = {self.py[tensor_inputs[0].name]}.device" if tensor_inputs else "_dev = torch.device('cpu')")
         for i in tensor_inputs:
             self.bind_input(i)
         self.bind_broadcast(tensor_inputs)
@@ -178,7 +217,7 @@ class SourceBuilder:
             self.validate_input(i)
         names = self.bind_names(floats)
         known = set(self.bound) | set(self.size_keywords())
-        em = Emitter(self.order, self.size_var, names, {i: f"{i}_ix" for i in loss.sentinels}, self.lines,
+        em = Emitter(self.order, self.size_var, names, {i: f"{self.py[i]}_ix" for i in loss.sentinels}, self.lines,
                      lambda label: self.canon(label) in known)
         result = em.emit(loss.expr)
         weight = em.emit(loss.reduce_weight) if loss.reduce_weight is not None else None
@@ -188,12 +227,13 @@ class SourceBuilder:
 
     def bind_input(self, i: ir.Input) -> None:
         w = self.lines.append
+        n = self.py[i.name]
         if not i.is_integral:
-            w(f"{i.name} = {i.name}.to(_dt)")
+            w(f"{n} = {n}.to(_dt)")
         elif i.kind == "index":
-            w(f"if {i.name}.is_floating_point() or {i.name}.is_complex():")
+            w(f"if {n}.is_floating_point() or {n}.is_complex():")
             w(f"    raise self.error(f\"input '{i.name}' holds class indices and must be an integer tensor, "
-              f"got {{{i.name}.dtype}}\")")
+              f"got {{{n}.dtype}}\")")
         if i.axes is None:
             return
         groups = [a for a in i.axes if a.startswith("*")]
@@ -202,30 +242,30 @@ class SourceBuilder:
         fixed = len(i.axes) - len(groups)
         desc = ", ".join(i.axes)
         cmp = ">=" if groups else "=="
-        w(f"if not {i.name}.dim() {cmp} {fixed}:")
+        w(f"if not {n}.dim() {cmp} {fixed}:")
         need = f"at least {fixed}" if groups else str(fixed)
-        w(f"    raise self.error(f\"input '{i.name}' needs {need} dimensions ({desc}), got {{{i.name}.dim()}} "
-          f"(shape {{tuple({i.name}.shape)}})\")")
+        w(f"    raise self.error(f\"input '{i.name}' needs {need} dimensions ({desc}), got {{{n}.dim()}} "
+          f"(shape {{tuple({n}.shape)}})\")")
         g_at = i.axes.index(groups[0]) if groups else None
         shape_expr = []
         for pos, a in enumerate(i.axes):
             if g_at is not None and pos > g_at:
-                dim = f"{i.name}.dim() - {len(i.axes) - pos}"
+                dim = f"{n}.dim() - {len(i.axes) - pos}"
                 dim_text = f"{pos - len(i.axes)}"
             else:
                 dim, dim_text = str(pos), str(pos)
             var = self.size_var(a)
             if a.startswith("*"):
-                end = f"{i.name}.dim() - {len(i.axes) - pos - 1}"
-                read = f"tuple({i.name}.shape[{pos}:{end}])"
+                end = f"{n}.dim() - {len(i.axes) - pos - 1}"
+                read = f"tuple({n}.shape[{pos}:{end}])"
                 var = self.shape_var(a)
                 shape_expr.append(self.size_var(a))
             else:
-                read = f"{i.name}.shape[{dim}]"
+                read = f"{n}.shape[{dim}]"
                 shape_expr.append(var)
             self.bind_size(a, var, read, i.name, dim_text)
         if groups:
-            w(f"{i.name} = {i.name}.reshape({', '.join(shape_expr)})")
+            w(f"{n} = {n}.reshape({', '.join(shape_expr)})")
 
     def bind_size(self, axis: str, var: str, read: str, owner: str, dim: str) -> None:
         w = self.lines.append
@@ -247,9 +287,9 @@ class SourceBuilder:
         if not loose:
             return
         w("try:")
-        w(f"    _bshape = torch.broadcast_shapes({', '.join(f'{n}.shape' for n in loose)})")
+        w(f"    _bshape = torch.broadcast_shapes({', '.join(f'{self.py[n]}.shape' for n in loose)})")
         w("except RuntimeError:")
-        shapes = ", ".join(f"{n} {{tuple({n}.shape)}}" for n in loose)
+        shapes = ", ".join(f"{n} {{tuple({self.py[n]}.shape)}}" for n in loose)
         w(f"    raise self.error(f\"inputs do not broadcast together: {shapes}\") from None")
 
     def bind_unbound(self, axis: str) -> None:
@@ -259,68 +299,77 @@ class SourceBuilder:
         owners = [p for p in self.loss.params if p.axes and any(self.canon(a) == axis for a in p.axes)]
         w(f"{var} = self.size_{axis}")
         for p in owners:
-            pos = next(k for k, a in enumerate(p.axes) if self.canon(a) == axis)
-            w(f"if {var} is None and not isinstance(self.{p.name}, torch.nn.parameter.UninitializedParameter) "
-              f"and self.{p.name}.dim() == {len(p.axes)}:")
-            w(f"    {var} = self.{p.name}.shape[{pos}]")
+            pos, n = next(k for k, a in enumerate(p.axes) if self.canon(a) == axis), self.py[p.name]
+            w(f"if {var} is None and not isinstance(self.{n}, torch.nn.parameter.UninitializedParameter) "
+              f"and self.{n}.dim() == {len(p.axes)}:")
+            w(f"    {var} = self.{n}.shape[{pos}]")
         w(f"if {var} is None:")
         w(f"    raise self.error(\"the size of axis '{axis}' is fixed by no input: pass {axis}=... when building "
           "the loss\")")
 
     def validate_input(self, i: ir.Input) -> None:
         w = self.lines.append
+        n = self.py[i.name]
         if i.kind == "prob":
-            w(f"if self.validate and (({i.name} < 0) | ({i.name} > 1)).any():")
+            w(f"if self.validate and (({n} < 0) | ({n} > 1)).any():")
             w(f"    raise self.error(\"input '{i.name}' is a probability but has values outside [0, 1]\")")
         if i.kind == "index" and i.axes is not None:
             size = self.size_var(i.kind_arg)
             sent = self.loss.sentinels.get(i.name, [])
-            allowed = " & ".join(f"({i.name} != {_value_code(x)})" for x in sent)
+            allowed = " & ".join(f"({n} != {self.value_code(x)})" for x in sent)
             w("if self.validate:")
-            w(f"    _bad = (({i.name} < 0) | ({i.name} >= {size}))" + (f" & {allowed}" if allowed else ""))
+            w(f"    _bad = (({n} < 0) | ({n} >= {size}))" + (f" & {allowed}" if allowed else ""))
             w("    if _bad.any():")
-            w(f"        raise self.error(f\"input '{i.name}' holds class index {{int({i.name}[_bad][0])}} outside "
+            w(f"        raise self.error(f\"input '{i.name}' holds class index {{int({n}[_bad][0])}} outside "
               f"[0, {{{size}}}) (axis {i.kind_arg.lstrip('*')})\")")
             if sent:
-                w(f"{i.name}_ix = {i.name}.clamp(0, max({size} - 1, 0))")
+                w(f"{n}_ix = {n}.clamp(0, max({size} - 1, 0))")
+
+    def value_code(self, x: int | str) -> str:
+        """A sentinel: a literal class index or an int parameter (self.<its Python name>)."""
+        return repr(x) if isinstance(x, int) else f"self.{self.py[x]}"
 
     def bind_names(self, floats: list[ir.Param]) -> dict[str, V]:
-        w = self.lines.append
+        """The emitter's table: each user name -> the Python value holding it."""
         names: dict[str, V] = {}
         for i in self.loss.inputs:
+            n = self.py[i.name]
             if i.kind == "fn":
-                names[i.name] = V(i.name, kind="py")
+                names[i.name] = V(n, kind="py")
             else:
-                names[i.name] = V(i.name, tuple(i.axes) if i.axes is not None else (), "tensor", i.axes is None)
+                names[i.name] = V(n, tuple(i.axes) if i.axes is not None else (), "tensor", i.axes is None)
         for p in self.loss.params:
-            if p.type in ("int", "bool"):
-                names[p.name] = V(f"self.{p.name}", kind="py")
-                continue
-            axes = tuple(p.axes or ())
-            if p.type == "learnable":
-                self.materialise(p)
-                w(f"{p.name} = self.{p.name}.to(dtype=_dt)  # differentiable: the gradient reaches the parameter")
-            else:
-                w(f"{p.name} = self.{p.name}.to(device=_dev, dtype=_dt)")
-            if axes:
-                sizes = ", ".join(self.size_var(a) for a in axes)
-                w(f"if {p.name}.dim() == 0:")
-                w(f"    {p.name} = {p.name}.expand({sizes})")
-                w(f"elif tuple({p.name}.shape) != ({sizes},):")
-                w(f"    raise self.error(f\"parameter '{p.name}' has shape {{tuple({p.name}.shape)}}, expected "
-                  f"({', '.join(axes)}) = {{({sizes},)}}\")")
-            names[p.name] = V(p.name, axes, "tensor", False)
+            names[p.name] = self.bind_param(p)
         return names
+
+    def bind_param(self, p: ir.Param) -> V:
+        w, n = self.lines.append, self.py[p.name]
+        if p.type in ("int", "bool"):
+            return V(f"self.{n}", kind="py")
+        axes = tuple(p.axes or ())
+        if p.type == "learnable":
+            self.materialise(p)
+            w(f"{n} = self.{n}.to(dtype=_dt)  # differentiable: the gradient reaches the parameter")
+        else:
+            w(f"{n} = self.{n}.to(device=_dev, dtype=_dt)")
+        if axes:
+            sizes = ", ".join(self.size_var(a) for a in axes)
+            w(f"if {n}.dim() == 0:")
+            w(f"    {n} = {n}.expand({sizes})")
+            w(f"elif tuple({n}.shape) != ({sizes},):")
+            w(f"    raise self.error(f\"parameter '{p.name}' has shape {{tuple({n}.shape)}}, expected "
+              f"({', '.join(axes)}) = {{({sizes},)}}\")")
+        return V(n, axes, "tensor", False)
 
     def materialise(self, p: ir.Param) -> None:
         if not p.axes:
             return
-        w = self.lines.append
+        w, n = self.lines.append, self.py[p.name]
         sizes = ", ".join(self.size_var(a) for a in p.axes)
-        w(f"if isinstance(self.{p.name}, torch.nn.parameter.UninitializedParameter):")
+        w(f"if isinstance(self.{n}, torch.nn.parameter.UninitializedParameter):")
         w("    with torch.no_grad():")
-        w(f"        self.{p.name}.materialize(({sizes},), device=_dev)")
-        w(f"        self.{p.name}.fill_(self._init_{p.name})")
+        w(f"        self.{n}.materialize(({sizes},), device=_dev)")
+        w(f"        self.{n}.fill_(self._init_{n})")
 
     def finish(self, em: Emitter, result: V, weight: V | None) -> None:
         w = self.lines.append
@@ -348,7 +397,8 @@ class SourceBuilder:
     def batch_size(self) -> str:
         first = next((i for i in self.loss.inputs if i.kind != "fn"), None)
         if first is None or first.axes is None:
-            return f"max({first.name}.shape[0] if {first.name}.dim() else 1, 1)" if first else "1"
+            n = self.py[first.name] if first else ""
+            return f"max({n}.shape[0] if {n}.dim() else 1, 1)" if first else "1"
         return f"max({self.size_var(first.axes[0])}, 1)" if not first.axes[0].startswith("*") else "1"
 
     def unflatten(self, var: str, free: tuple[str, ...]) -> str:
@@ -374,10 +424,6 @@ def _literal_value(v) -> str:
     if isinstance(v, int):
         return repr(v)
     return repr(float(v)) if v == v and abs(v) != float("inf") else f"float('{v}')"
-
-
-def _value_code(x) -> str:
-    return repr(x) if isinstance(x, int) else f"self.{x}"
 
 
 def is_safe_identifier(name: str) -> bool:

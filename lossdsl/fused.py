@@ -21,7 +21,7 @@ import sympy as sp
 import torch
 
 from . import ir
-from .codegen import SourceBuilder, class_name
+from .codegen import SourceBuilder, class_name, py_names
 from .emit import Emitter, V, _paren
 from .gradient import BATCH, GRAD_OUT, LSUM, NUMEL, WSUM, Gradient, derive, effective_reduction
 from .scope import free_indices
@@ -113,7 +113,7 @@ class GradientBuilder(LeanForwardBuilder):
 
     def bind_input(self, i: ir.Input) -> None:
         if not i.is_integral:
-            self.lines.append(f"_dtype_{i.name} = {i.name}.dtype")
+            self.lines.append(f"_dtype_{self.py[i.name]} = {self.py[i.name]}.dtype")
         super().bind_input(i)
 
     def rewrite(self, body: list[str]) -> list[str]:
@@ -132,7 +132,7 @@ class GradientBuilder(LeanForwardBuilder):
         self.em = em
         for g in self.grads:
             if g.via_autograd and self.loss.input(g.wrt):
-                self.lines.append(f"{g.wrt} = {g.wrt}.detach().requires_grad_(True)")
+                self.lines.append(f"{self.py[g.wrt]} = {self.py[g.wrt]}.detach().requires_grad_(True)")
         self.bind_reduction_symbols(em)
         outs = [self.shaped(em, g) for g in self.grads]
         self.lines.append(f"return ({', '.join(outs)},)" if self.vjp else f"return {outs[0]}")
@@ -168,12 +168,13 @@ class GradientBuilder(LeanForwardBuilder):
         if g.expr == 0 and self.vjp:
             return "None"
         v = self.through_autograd(em, g) if g.via_autograd else em.emit(g.expr)
-        name = f"grad_{g.wrt}"
+        wrt = self.py[g.wrt]
+        name = f"grad_{wrt}"
         decl = self.loss.input(g.wrt) or self.loss.param(g.wrt)
-        dtype = f"_dtype_{g.wrt}" if self.loss.input(g.wrt) else f"self.{g.wrt}.dtype"
+        dtype = f"_dtype_{wrt}" if self.loss.input(g.wrt) else f"self.{wrt}.dtype"
         if decl.axes is None:
             full = v.code if v.is_tensor else f"torch.as_tensor({v.code}, dtype=_dt, device=_dev)"
-            shape = f"{g.wrt}.shape" if self.loss.input(g.wrt) else "()"
+            shape = f"{wrt}.shape" if self.loss.input(g.wrt) else "()"
             code = f"torch.broadcast_to({full}, torch.broadcast_shapes({full}.shape, {shape}))" if (
                 not self.loss.broadcast) else f"torch.broadcast_to({full}, _bshape)"
             self.lines.append(f"{name} = {code}.sum_to_size({shape}).to({dtype})")
@@ -206,9 +207,10 @@ class GradientBuilder(LeanForwardBuilder):
             total = f"_out.sum() / torch.broadcast_to({em.align(weight, free, weight.ell)}, _out.shape).sum() " \
                     f"* {seed}" if weight.is_tensor else f"_out.sum() / ({wfull} * _out.numel()) * {seed}"
         target = em.emit(g.expr.args[1])
-        w(f"_grad_{g.wrt} = torch.autograd.grad({total}, {target.code}, allow_unused=True)[0]")
-        w(f"_grad_{g.wrt} = torch.zeros_like({target.code}) if _grad_{g.wrt} is None else _grad_{g.wrt}")
-        return V(f"_grad_{g.wrt}", target.labels, "tensor", target.ell)
+        var = f"_grad_{self.py[g.wrt]}"
+        w(f"{var} = torch.autograd.grad({total}, {target.code}, allow_unused=True)[0]")
+        w(f"{var} = torch.zeros_like({target.code}) if {var} is None else {var}")
+        return V(var, target.labels, "tensor", target.ell)
 
 
 def _free_temporaries(lines: list[str]) -> list[str]:
@@ -250,9 +252,11 @@ def vjp_seed(loss: ir.LossIR, reduction: str) -> sp.Expr:
 
 @functools.lru_cache(maxsize=128)
 def _vjp_class(loss_key: int, names: tuple[str, ...], reduction: str) -> type[torch.nn.Module]:
+    """The backward for the inputs and parameters `names` (Python names, as the module spells them)."""
     loss = _LOSSES[loss_key]
     red = effective_reduction(loss, reduction)
-    grads = [derive(loss, n, reduction, seed=vjp_seed(loss, red)) for n in names]
+    user = {py: name for name, py in py_names(loss).items()}
+    grads = [derive(loss, user[n], reduction, seed=vjp_seed(loss, red)) for n in names]
     source = gradient_source(loss, grads, red, vjp=True)
     from .api import _build_class
 
@@ -279,7 +283,7 @@ class _Fused(torch.autograd.Function):
         module, n = ctx.module, len(ctx.module.input_names)
         saved = iter(ctx.saved_tensors)
         args = [next(saved) if a is None else a for a in ctx.plain]
-        names = [*module.input_names, *module._lossdsl_learnable]
+        names = [*module.input_names, *module._lossdsl_learnable]  # Python names, as the module spells them
         want = tuple(nm for nm, need, k in zip(names, ctx.needs_input_grad[2:], ctx.kinds, strict=True)
                      if need and k)
         grads = dict.fromkeys(names)
@@ -301,8 +305,9 @@ def _lean_forward(key: int):
 @functools.lru_cache(maxsize=128)
 def _fused_class(base: type[torch.nn.Module], key: int) -> type[torch.nn.Module]:
     loss = _LOSSES[key]
-    learnable = tuple(p.name for p in loss.params if p.type == "learnable")
-    diff = set(differentiable(loss))
+    py = py_names(loss)
+    learnable = tuple(py[p.name] for p in loss.params if p.type == "learnable")
+    diff = {py[n] for n in differentiable(loss)}
     kinds = tuple(nm in diff for nm in (*base.input_names, *learnable))
 
     def forward(self, *args, **kwargs):

@@ -19,7 +19,7 @@ import sympy as sp
 import torch
 
 from . import ir, rewrite
-from .codegen import class_name, generate
+from .codegen import class_name, generate, py_names
 from .mpeval import Evaluator, UnsupportedError, converged, elements
 
 mp = mpmath.mp
@@ -163,7 +163,9 @@ def _draw(i: ir.Input, shape: tuple[int, ...], scale: float, g: torch.Generator,
 def _module(loss_ir: ir.LossIR, params: dict) -> torch.nn.Module:
     from .api import _build_class
 
-    return _build_class(generate(loss_ir), class_name(loss_ir.name))(**params, reduction="none")
+    py = py_names(loss_ir)
+    return _build_class(generate(loss_ir), class_name(loss_ir.name))(**{py[k]: v for k, v in params.items()},
+                                                                      reduction="none")
 
 
 def _float_names(loss: ir.LossIR) -> list[str]:

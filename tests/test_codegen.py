@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 
 import lossdsl
@@ -92,3 +93,27 @@ def test_similarity_over_4096_pairs_costs_one_matrix_per_intermediate(tmp_path: 
     # masked exp and a boolean mask (a quarter): about 6.3 matrices. An [i, j, d] temporary would be 512.
     assert result["delta_mib"] < 7 * matrix_mib
     assert abs(result["value"] - result["ref"]) < 1e-3 * abs(result["ref"])
+
+
+NAME_CLASHES = """
+loss clash(self[n], torch[n], t1[n], N_n[n], _dt[n]; lambda = 0.5, class: int = 2, reduction = 3.0, eval = 1.5):
+    lambda * (self - torch)^2 + class * t1 * N_n + reduction * _dt - eval
+"""
+
+
+def test_user_names_that_are_keywords_or_generated_names_work_and_keep_their_names_in_messages() -> None:
+    """Python keywords (lambda, class), names the module itself uses (self, torch, reduction, t1, N_n, _dt)
+    and nn.Module attributes (eval) are renamed in the code only: values, keywords and messages keep them."""
+    gen = torch.Generator().manual_seed(0)
+    xs = [torch.rand(4, generator=gen, dtype=torch.float64) for _ in range(5)]
+    module = lossdsl.compile(NAME_CLASHES, reduction="none", **{"lambda": 2.0, "class": 3})
+    s, t, t1, nn_, dt = xs
+    torch.testing.assert_close(module(*xs), 2.0 * (s - t) ** 2 + 3 * t1 * nn_ + 3.0 * dt - 1.5)
+    fused = lossdsl.parse(NAME_CLASHES).compile(mode="fused", **{"lambda": 2.0})
+    leaf = xs[0].clone().requires_grad_()
+    fused(leaf, *xs[1:]).backward()
+    torch.testing.assert_close(leaf.grad, 2 * 2.0 * (s - t) / 4)
+    with pytest.raises(lossdsl.InputError, match="input 'torch' axis 0 \\(n\\) has size 3 but 'self' fixes it to 4"):
+        module(xs[0], torch.rand(3, dtype=torch.float64), *xs[2:])
+    with pytest.raises(lossdsl.UnknownNameError, match="did you mean 'lambda'"):
+        lossdsl.compile(NAME_CLASHES, lambd=1.0)
