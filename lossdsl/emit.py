@@ -68,6 +68,7 @@ class Emitter:
         self.lines = lines
         self.is_bound = is_bound  # whether an axis size is already known (else a call's result fixes it)
         self.memo: dict[sp.Basic, V] = {}
+        self.calls: dict[str, V] = {}  # normaliser calls by code: the memo misses renamed indices
         self.count = 0
 
     # ---- helpers
@@ -400,9 +401,16 @@ class Emitter:
                                              and self.names[s.name].ell for s in e.free_symbols)
 
     def normaliser(self, e: ir._Normaliser) -> V:
+        """One call per distinct (op, tensor, dim): normalize_d(z) read as z[i, d], z[j, d] and z[k, d] is one
+        F.normalize, relabelled; besides the time, autograd then sums a single path into z, so terms that
+        cancel in the loss (supcon's s[i, j] - logsumexp_k s[i, k]) cancel exactly in the gradient too."""
         lab = str(e.index)
         body = self.expand_to(self.emit(e.body), (lab,))
-        return self.tmp(NORMALISE_CALL[e.op].format(t=body.code, d=self.dims(body, [lab])), body.labels, body.ell)
+        code = NORMALISE_CALL[e.op].format(t=body.code, d=self.dims(body, [lab]))
+        seen = self.calls.get(code)
+        if seen is None:
+            seen = self.calls[code] = self.tmp(code, body.labels, body.ell)
+        return V(seen.code, body.labels, seen.kind, seen.ell)
 
     # ---- indexing
     def indexed(self, e: sp.Indexed) -> V:
