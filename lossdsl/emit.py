@@ -380,6 +380,7 @@ class Emitter:
         if any(not v.is_tensor or v.ell for v in vals) or any(
                 lab not in {x for v in vals for x in v.labels} for lab in idx):
             return None
+        vals = self.merge_operands(vals)
         extra = sp.Mul(coeff, *outer)
         if extra != 1 and not self.labels_of(extra):  # scale an operand, not the (larger) product
             scale = self.emit(extra)
@@ -388,12 +389,30 @@ class Emitter:
         labels = self.union(*vals)
         letters = _letters(labels)
         out = tuple(lab for lab in labels if lab not in idx)
+        if len(vals) == 1:
+            result = self.tmp(f"{vals[0].code}.sum(dim={self.dims(vals[0], idx)})", out)
+            return result if extra == 1 else self.combine([self.emit(extra), result],
+                                                          lambda c: f"{_paren(c[0])} * {c[1]}")
         spec = ",".join("".join(letters[x] for x in v.labels) for v in vals) + "->" + "".join(letters[x] for x in out)
         result = self.tmp(f"torch.einsum({spec!r}, {', '.join(v.code for v in vals)})", out)
         if extra == 1:
             return result
         ev = self.emit(extra)
         return self.combine([ev, result], lambda c: f"{_paren(c[0])} * {c[1]}")
+
+    def merge_operands(self, vals: list[V]) -> list[V]:
+        """With three or more operands, multiply each one elementwise into another whose labels hold its
+        own: torch.einsum without opt_einsum contracts left to right, so 'jd,ij,ij->id' builds [i, j, d]."""
+        vals = list(vals)
+        while len(vals) >= 3:
+            pairs = [(len(v.labels), n, h) for n, v in enumerate(vals) for h, w in enumerate(vals)
+                     if h != n and set(v.labels) <= set(w.labels)]
+            if not pairs:
+                break
+            _, n, h = min(pairs)
+            vals[h] = self.combine([vals[h], vals[n]], lambda c: f"{c[0]} * {c[1]}")
+            del vals[n]
+        return vals
 
     def labels_of(self, e: sp.Basic) -> bool:
         """Whether an expression varies along any axis (free indices or undeclared-shape inputs)."""
