@@ -16,6 +16,7 @@ from pathlib import Path
 from . import api, ir
 from .errors import LossError, UnknownNameError, did_you_mean
 from .latex_in import from_latex
+from .latex_out import definition_text
 
 
 class UnavailableError(Exception):
@@ -107,13 +108,10 @@ def describe_param(p: ir.Param) -> str:
     return f"{p.name}{axes}{kind}{value}{cons}"
 
 
-def formula_text(loss: api.Loss) -> str:
-    """The formula as the language spells it (where, Iverson brackets) when the gradient printer is there."""
-    try:
-        from .gradient import show
-    except ImportError:
-        return str(loss).split(" = ", 1)[1]
-    return show(loss.expr)
+def stable_forms(loss: api.Loss) -> str:
+    """Which stability rewrites the compiled module uses, and where (the pass's notes)."""
+    fired = [f"{n['rule']} ({n.get('where', 'result')})" for n in loss.ir.notes if n.get("rule")]
+    return ", ".join(dict.fromkeys(fired)) or "none needed"
 
 
 def differentiable_inputs(loss: api.Loss) -> list[str]:
@@ -145,11 +143,13 @@ def cmd_show(args: argparse.Namespace) -> int:
         lines.append("  " + " ".join(loss.doc.split()))
     lines.append("inputs:     " + ", ".join(describe_input(i) for i in loss.inputs))
     lines.append("parameters: " + (", ".join(describe_param(p) for p in loss.parameters) or "none"))
-    lines.append("formula:    " + formula_text(loss))
+    written = getattr(loss, "lossdsl_source", None) or definition_text(loss)
+    if written:
+        lines.append("definition:\n" + "\n".join(f"  {x}" for x in written.splitlines()))
     lines.append("latex:      " + loss.latex())
-    if getattr(loss, "lossdsl_source", None):
-        lines.append("lossdsl:\n" + "".join(f"  {x}\n" for x in loss.lossdsl_source.splitlines()).rstrip())
+    lines.append("stable:     " + stable_forms(loss))
     for wrt in differentiable_inputs(loss)[:1]:
+        progress(f"deriving d {loss.name}/d {wrt}")
         try:
             lines.append("gradient:   " + str(gradient(loss, wrt)))
         except (UnavailableError, LossError) as err:
@@ -160,6 +160,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_grad(args: argparse.Namespace) -> int:
     loss = target_of(args)
+    progress(f"deriving d {loss.name}/d {args.wrt}")
     g = gradient(loss, args.wrt, args.reduction)
     print(g.latex() if args.as_latex else str(g))
     return 0

@@ -42,11 +42,22 @@ def written(loss: Loss) -> str:
     """LaTeX of `loss` as its definition reads; the compiled IR's LaTeX when no source is kept."""
     import sympy as sp
 
-    definition = _definition(loss.ir.source, loss.name)
-    return sp.latex(loss.expr) if definition is None else definition_latex(definition)
+    d = definition(loss.ir.source, loss.name)
+    return sp.latex(loss.expr) if d is None else definition_latex(d)
 
 
-def _definition(source: str, name: str) -> s.LossDef | None:
+def definition_text(loss: Loss) -> str:
+    """The lines of the loss's own definition (a stdlib file holds many), or the formula; '' when not kept."""
+    source = loss.ir.source
+    d = definition(source, loss.name)
+    if d is None or not d.header:
+        return source.strip()
+    last = max(st.span.end_line for st in d.body)  # the span of a definition runs on to the next one
+    return "\n".join(source.splitlines()[d.span.line - 1:last]).rstrip()
+
+
+def definition(source: str, name: str) -> s.LossDef | None:
+    """The syntax tree of definition `name` in `source` (the only one, for a formula)."""
     try:
         defs = parse_text(source) if source else []
     except Exception:  # a source that no longer parses on its own: show the IR instead

@@ -53,12 +53,26 @@ def test_compile_writes_standalone_source_that_imports_and_matches(tmp_path):
 
 
 def test_show_reads_latex_and_prints_formula_parameters_latex_and_gradient(tmp_path):
-    out = run("show", HUBER_TEX, cwd=tmp_path).stdout
+    done = run("show", HUBER_TEX, cwd=tmp_path)
+    out = done.stdout
     assert out.startswith("loss huber\n")
     assert "inputs:     y, y_hat" in out and "parameters: delta (required)" in out
-    assert "latex:" in out and "\\delta" in out
-    assert "loss huber(y, y_hat; delta):" in out  # the lossdsl text the formula became
+    assert "latex:      \\mathcal{L}_{\\text{huber}} = \\begin{cases}" in out and "\\delta" in out
+    assert "definition:\n  # from LaTeX" in out and "  loss huber(y, y_hat; delta):" in out  # what it became
     assert "gradient:   d huber/d y = " in out and "sign(y - y_hat)" in out
+    assert "deriving d huber/d y" in done.stderr
+
+
+def test_show_of_a_stdlib_loss_prints_its_own_definition_and_stable_forms(capsys):
+    from lossdsl import cli
+
+    assert cli.main(["show", "focal_loss"]) == 0
+    out = capsys.readouterr().out
+    definition = out.split("definition:\n", 1)[1].split("latex:", 1)[0]
+    assert definition.startswith("  loss focal_loss(x[n, c, *d]: logits") and "loss label_smoothing" not in definition
+    assert definition.rstrip().endswith("-alpha[y] * (1 - exp(lpt))^gamma * lpt")
+    assert "latex:      \\begin{aligned} \\mathrm{lp} &= \\log\\operatorname{softmax}_{c}" in out
+    assert "stable:     frac_pow_at_zero (result)" in out
 
 
 def test_grad_prints_latex_of_the_symbolic_gradient(tmp_path):
