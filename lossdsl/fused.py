@@ -23,8 +23,8 @@ import torch
 from . import ir
 from .codegen import SourceBuilder, class_name, py_names
 from .emit import Emitter, V, _paren
-from .gradient import BATCH, GRAD_OUT, LSUM, NUMEL, WSUM, Gradient, derive, effective_reduction
-from .scope import free_indices
+from .gradient import BATCH, GRAD_OUT, LSUM, NUMEL, WSUM, Gradient, _larger_than, derive, effective_reduction
+from .scope import ELLIPSIS, free_indices, rename
 
 _TMP = re.compile(r"\bt\d+\b")
 
@@ -36,6 +36,28 @@ class GradEmitter(Emitter):
 
     fresh: set[str]
     tmp_labels: dict[str, str]
+    relabelled: dict[tuple, V]
+
+    def emit(self, e: sp.Basic) -> V:
+        """The memo, also up to a renaming of free indices over the same axes. A gradient reads forward
+        quantities under other index names than the forward does (d/dk of info_nce sums the queries'
+        axis under a bound name): the similarity matrix s[a, j] is s[i, j], computed once, not twice."""
+        if e in self.memo or not isinstance(e, (ir._Reduction, ir._Normaliser)) or _larger_than(e, 300):
+            return super().emit(e)
+        free = [i for i in free_indices(e) if i != ELLIPSIS]
+        if not free:
+            return super().emit(e)
+        to_canon = {str(i): f"@{k}" for k, i in enumerate(free)}
+        key = (rename(e, {i: ir.index_symbol(to_canon[str(i)]) for i in free}),
+               tuple(self.size_var(str(i)) for i in free))
+        hit = self.relabelled.get(key)
+        if hit is not None:
+            back = {c: name for name, c in to_canon.items()}
+            self.memo[e] = dataclasses.replace(hit, labels=tuple(back.get(lab, lab) for lab in hit.labels))
+            return self.memo[e]
+        v = super().emit(e)
+        self.relabelled[key] = dataclasses.replace(v, labels=tuple(to_canon.get(lab, lab) for lab in v.labels))
+        return v
 
     def tmp(self, code: str, labels: tuple[str, ...], ell: bool = False) -> V:
         v = super().tmp(code, labels, ell)
@@ -128,7 +150,7 @@ class GradientBuilder(LeanForwardBuilder):
 
     def finish(self, em: Emitter, result: V, weight: V | None) -> None:
         em.__class__ = GradEmitter  # everything of the backward is emitted from here on
-        em.fresh, em.tmp_labels = set(), {}
+        em.fresh, em.tmp_labels, em.relabelled = set(), {}, {}
         self.em = em
         for g in self.grads:
             if g.via_autograd and self.loss.input(g.wrt):
