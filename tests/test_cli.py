@@ -112,6 +112,14 @@ def test_bench_times_eager_and_torch_builtin(tmp_path):
     assert "[2/2] torch" in done.stderr
 
 
+@pytest.mark.slow
+def test_bench_default_variants_include_torch_compile(tmp_path):
+    done = run("bench", "sigmoid_focal_loss", "--size", "256", "--repeat", "3", cwd=tmp_path)
+    rows = {line.split()[0]: line for line in done.stdout.splitlines()[2:]}
+    assert list(rows) == ["eager", "compiled", "torch"] and "first call" in rows["compiled"], done.stdout
+    assert "compiled in" in done.stderr and "[3/3] torch" in done.stderr
+
+
 def test_syntax_error_in_a_file_prints_the_caret_and_exits_1(tmp_path):
     (tmp_path / "bad.loss").write_text("loss bad(x, y):\n    (x - y)^^2\n")
     done = run("compile", "bad.loss", cwd=tmp_path, ok=False)
