@@ -15,5 +15,5 @@ for ex in imbalanced_classification segmentation_shapes contrastive_pretraining 
   echo "--- $ex: $(( $(date +%s) - start )) s"
 done
 echo "=== lossdsl plot: the textbook comparison of regression losses"
-lossdsl plot mse_loss l1_loss huber_loss smooth_l1_loss --range -3 3 -o "$OUT/regression_losses.png"
+"$PY" -m lossdsl plot mse_loss l1_loss huber_loss smooth_l1_loss --range -3 3 -o "$OUT/regression_losses.png"
 echo "outputs in $OUT/"
