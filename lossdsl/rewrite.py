@@ -21,7 +21,7 @@ import sympy as sp
 from . import ir, passes
 from .domain import Bounds
 from .scope import free_indices
-from .stable import clamped_log, log_cosh, log_ratio, logaddexp, logsumexp, position, shifted, softplus
+from .stable import adds_axis, clamped_log, log_cosh, log_ratio, logaddexp, logsumexp, position, shifted, softplus
 
 PASS_NAME = "stability"
 
@@ -200,7 +200,7 @@ def r_lse_minus_member(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
         for u in terms:
             if u is not t and u.could_extract_minus_sign() and c not in free_indices(-u):
                 v = position(-u, b, c)
-                if v is not None and v != c:
+                if v is not None and v != c and not adds_axis(v, t):
                     stable = -log_ratio(-u, ir.Sum_(sp.exp(b), t.args[1], t.cond))
                     return stable + sp.Add(*(x for x in terms if x is not t and x is not u))
     return None

@@ -101,12 +101,21 @@ def position(a: sp.Expr, b: sp.Expr, c: sp.Symbol) -> sp.Basic | None:
     return None
 
 
+def adds_axis(v: sp.Basic, total: sp.Basic) -> bool:
+    """Whether the position v of a among the b's is indexed by an axis the sum is not (supcon's positive
+    s[i, j] against logsumexp_k s[i, k]): shifting the b's by a would then build an [i, j, k] temporary,
+    a rank more than the sum itself, so the rewrite keeps the cheaper a - logsumexp form instead."""
+    return bool(set(free_indices(v)) - set(free_indices(total)))
+
+
 def log_ratio(a: sp.Expr, total: ir.Sum_) -> sp.Expr | None:
     """log(exp(a) / sum_{c | cond} exp(b)) without overflow or cancellation.
 
     With v the position of a among the b's and L = logsumexp over the *other* terms of (b - a):
     the value is -softplus(L) where v is in the sum, else -L. Shifting by a (not by the max) is what keeps
-    both the value and the autograd gradient accurate when a dominates (the loss is then ~exp(L))."""
+    both the value and the autograd gradient accurate when a dominates (the loss is then ~exp(L)). Where that
+    shift would add an axis (`adds_axis`) the result is a - logsumexp(b): overflow-free, accurate to ulp(lse)
+    in absolute terms rather than relative to a vanishing loss."""
     if len(total.indices) != 1 or not isinstance(total.body, sp.exp):
         return None
     (c,), b = total.indices, total.body.args[0]
@@ -115,6 +124,8 @@ def log_ratio(a: sp.Expr, total: ir.Sum_) -> sp.Expr | None:
     if c in free_indices(a):
         return None
     v = position(a, b, c)
+    if v is not None and adds_axis(v, total):  # a - lse: O(n^2) where the shifted form costs O(n^3)
+        return a - logsumexp(b, total.args[1], total.cond)
     diff = sp.factor_terms(b - push_at(a))
     if v is None:
         return -logsumexp(diff, total.args[1], total.cond)

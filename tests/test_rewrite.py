@@ -5,6 +5,7 @@ formula in mpmath and against the rewritten module in float64."""
 from __future__ import annotations
 
 import math
+import re
 
 import mpmath
 import pytest
@@ -131,3 +132,30 @@ def test_focal_power_keeps_torch_semantics_for_integer_gamma():
         torch.testing.assert_close(mod(p), want, rtol=1e-14, atol=0)
         (g,) = torch.autograd.grad(mod(p).sum(), p)
         assert torch.isfinite(g).all()
+
+
+SUPCON_PAPER = """loss s(z[i, d], y[i]: int; tau = 0.1 > 0):
+    c[i, j] = sum_d(z[i, d] * z[j, d]) / tau
+    -sum_{j != i}([y[j] == y[i]] * log(exp(c[i, j]) / sum_{k != i}(exp(c[i, k]))))
+"""
+
+
+def test_a_ratio_read_at_a_summed_index_stays_quadratic():
+    """log(exp(s[i, j]) / sum_k exp(s[i, k])) with j summed outside: shifting by s[i, j] would build an
+    [i, j, k] temporary, so the rule keeps s[i, j] - logsumexp_k s[i, k] (overflow-free, O(n^2))."""
+    loss = lossdsl.parse(SUPCON_PAPER)
+    assert fired(loss.ir) == ["log_softmax"]
+    assert "softplus" not in str(loss.ir.expr) and "logsigmoid" not in str(loss.ir.expr)
+    assert not any(len(spec.split("->")[1]) > 2 for spec in re.findall(r"einsum\('([^']*)'", loss.to_source()))
+    z = (torch.randn(5, 3, dtype=torch.float64) * 30).requires_grad_(True)
+    y = torch.tensor([0, 1, 0, 1, 1])
+    got = lossdsl.compile(SUPCON_PAPER, reduction="none")(z, y)
+    s = z @ z.t() / 0.1
+    lp = s - torch.logsumexp(s.masked_fill(torch.eye(5, dtype=torch.bool), -math.inf), 1, keepdim=True)
+    pos = (y[:, None] == y[None, :]) & ~torch.eye(5, dtype=torch.bool)
+    torch.testing.assert_close(got, -(lp * pos).sum(1), rtol=1e-12, atol=1e-12)
+
+
+def test_lse_minus_member_keeps_quadratic_cost():
+    src = "loss s(c[i, j], y[i, j]: binary):\n    sum_j(y * (logsumexp_k(c[i, k]) - c[i, j]))\n"
+    assert "lse_minus_member" not in fired(lossdsl.parse(src).ir)
