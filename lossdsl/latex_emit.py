@@ -7,6 +7,7 @@ sums of exponentials and sigmoids into their stable forms (log-sum-exp, logsigmo
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from .latex_in import (
@@ -328,14 +329,20 @@ class Emitter:
 
     def times_log(self, coef: Node, arg: Node) -> str:
         """`y \\log p` as `xlogy(y, p)`: the textbook's 0 log 0 = 0 (KL and cross-entropy over one-hot or sparse
-        distributions), where a plain product gives nan. A quotient distributes; stable forms stay products."""
-        if isinstance(arg, Bin) and arg.op == "/":
+        distributions), where a plain product gives nan. Only a tensor weight can be 0 where the log is -inf
+        (`w \\log(1 + e)` stays a product); a quotient distributes; stable forms stay products."""
+        if isinstance(arg, Bin) and arg.op == "/" and self.has_tensor(coef):
             return f"({self.times_log(coef, arg.a)} - {self.times_log(coef, arg.b)})"
         left = self.emit(coef)  # first: inputs are declared in order of appearance
         stable = self.emit_log(arg)
-        if stable == f"log({self.emit(arg)})":
+        if self.has_tensor(coef) and stable == f"log({self.emit(arg)})":
             return f"xlogy({left}, {self.emit(arg)})"
         return f"({left} * {stable})"
+
+    def has_tensor(self, n: Node) -> bool:
+        """Whether `n` reads an input or an intermediate (emitting it declares what it reads)."""
+        names = set(re.findall(r"[A-Za-z_]\w*", self.emit(n)))
+        return bool(names & (set(self.inputs) | set(self.defined)))
 
     def is_vec(self, n: Node) -> bool:
         if isinstance(n, (Sym, Apply)):

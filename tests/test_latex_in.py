@@ -237,3 +237,11 @@ def test_every_stdlib_loss_and_ir_renders_as_latex():
     assert r"\right|_{c = {target}_{*n}}" in sp.latex(stdlib.get("cross_entropy").expr)
     for name, wrt in (("dice_loss", "p"), ("gram_distance", "f")):
         assert stdlib.get(name).grad(wrt)._repr_latex_().startswith("$\\displaystyle \\frac{\\partial L}")
+
+
+def test_a_tensor_weight_on_a_log_reads_as_xlogy_and_a_parameter_weight_as_a_product():
+    ce = from_latex(r"-\sum_{c} y_{c} \log p_{c}")
+    assert "xlogy(y[c], p[c])" in ce.lossdsl_source
+    y, p = torch.tensor([0.0, 1.0, 0.0], dtype=D), torch.tensor([0.0, 0.5, 0.5], dtype=D)
+    close(ce.compile()(y=y, p=p), torch.tensor(0.5, dtype=D).log().neg())  # 0 log 0 = 0, not nan
+    assert "(w * log((1 + x)))" in from_latex(r"w \log(1 + x)", params={"w": 10.0}).lossdsl_source
