@@ -2,9 +2,9 @@
 
 The Wing loss (Feng et al., 2018, for facial landmarks) as the paper prints it: logarithmic for small errors,
 L1 for large ones, joined continuously by the constant C. `lossdsl.from_latex` reads it (w and epsilon are
-its parameters); we then check the reading against a hand-written torch version, verify its symbolic
-gradient against autograd and finite differences, plot it next to L1 and Huber, and export standalone
-PyTorch source that imports only torch.
+its parameters) and prints it back as LaTeX; we then check the reading against a hand-written torch version,
+verify its symbolic gradient against autograd and finite differences, plot it next to L1 and Huber, and
+export standalone PyTorch source that imports only torch.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def main() -> dict[str, float]:
     out = out_dir()
     loss = lossdsl.from_latex(WING, params={"w": 10.0, "epsilon": 2.0})
     print("read from LaTeX as:\n" + "\n".join("    " + line for line in loss.lossdsl_source.splitlines()))
+    print(f"and back to LaTeX (Loss.latex(), what Jupyter renders):\n    {loss.latex()}")
 
     pred, target = 30 * torch.randn(1000, dtype=torch.float64), torch.zeros(1000, dtype=torch.float64)
     module = loss.compile(reduction="none")

@@ -68,4 +68,6 @@ def test_paper_to_code(example, tmp_path, capsys):
     assert result["gap"] < 1e-9 and result["export_gap"] < 1e-9 and result["verified"] == 1.0
     assert (tmp_path / "wing_loss.py").read_text().startswith(("import", "\"\"\"", "#"))
     assert (tmp_path / "wing_vs_l1_huber.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "loss wing(y_hat, y; w = 10.0, epsilon = 2.0):" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "loss wing(y_hat, y; w = 10.0, epsilon = 2.0):" in out
+    assert r"\mathcal{L}_{\text{wing}} &= \begin{cases} w \log\left(1 + \frac{\left|\hat{y} - y\right|}" in out
