@@ -9,7 +9,7 @@ import hashlib
 import importlib
 import sys
 import types
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import sympy as sp
@@ -254,14 +254,16 @@ def _lower_fresh(d: s.LossDef, defs: list[s.LossDef]) -> Loss:
     return loss
 
 
-def parse(text: str, *, inputs: Sequence[str] | None = None, params: Sequence[str] = ()) -> Loss:
-    """Parse a formula or a `.loss` text; returns its last loss. For formulas, `params` names the parameters."""
+def parse(text: str, *, inputs: Sequence[str] | None = None,
+          params: Sequence[str] | Mapping[str, float | int | bool] = ()) -> Loss:
+    """Parse a formula or a `.loss` text; returns its last loss. For formulas, `params` names the parameters
+    (a mapping also gives their defaults, which the generated module keeps: `lossdsl compile -p gamma=2`)."""
     defs = _defs(text)
     if not defs:
         raise LossError("the text defines no loss")
     d = defs[-1]
     if not d.header:
-        d = _declare_formula(d, dict.fromkeys(params), inputs)
+        d = _declare_formula(d, dict(params) if isinstance(params, Mapping) else dict.fromkeys(params), inputs)
     return _lower(d, defs)
 
 

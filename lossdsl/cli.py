@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from . import api, ir
@@ -36,13 +36,16 @@ def optional(module: str, what: str):
 
 
 # ---- targets
-def resolve(target: str, *, latex: bool = False, name: str | None = None, vectors: Sequence[str] = ()) -> api.Loss:
+def resolve(target: str, *, latex: bool = False, name: str | None = None, vectors: Sequence[str] = (),
+            params: Mapping[str, float | int | bool] | None = None) -> api.Loss:
     """A `.loss` file (its loss `name`, default the last), LaTeX (a .tex file, or text with a backslash),
-    a stdlib name, or a one-line formula."""
+    a stdlib name, or a one-line formula. `params` (`-p k=v`) makes those names of a formula or of LaTeX
+    parameters with these defaults; a file or a stdlib loss declares its own, the values then apply at build."""
     path = Path(target)
     is_file = path.suffix in (".loss", ".tex", ".txt") and path.is_file()
     if latex or path.suffix == ".tex" or (not is_file and "\\" in target):
-        return from_latex(path.read_text(encoding="utf-8") if is_file else target, name=name, vectors=vectors)
+        return from_latex(path.read_text(encoding="utf-8") if is_file else target, name=name, vectors=vectors,
+                          params=dict(params or {}))
     if is_file:
         losses = api.load(path)
         if not losses:
@@ -62,11 +65,12 @@ def resolve(target: str, *, latex: bool = False, name: str | None = None, vector
                                    + did_you_mean(target, stdlib.names()))
     if path.suffix == ".loss":
         raise LossError(f"no such file: {target}")
-    return api.parse(target)
+    return api.parse(target, params=dict(params or {}))
 
 
 def target_of(args: argparse.Namespace) -> api.Loss:
-    return resolve(args.target, latex=getattr(args, "latex", False), name=args.name, vectors=_names(args.vectors))
+    return resolve(args.target, latex=getattr(args, "latex", False), name=args.name, vectors=_names(args.vectors),
+                   params=parse_params(getattr(args, "param", [])))
 
 
 def _names(text: str | None) -> list[str]:
@@ -127,6 +131,11 @@ def gradient(loss: api.Loss, wrt: str, reduction: str | None = None):
 # ---- commands
 def cmd_compile(args: argparse.Namespace) -> int:
     loss = target_of(args)
+    defaults = {p.name: p.default for p in loss.parameters}
+    for key, value in parse_params(args.param).items():
+        if key not in defaults or defaults[key] != value:
+            raise LossError(f"-p {key}={value}: -p gives the defaults of a formula's or LaTeX's parameters; "
+                            f"'{loss.name}' declares its own (pass values when building the module)")
     source = loss.to_source()
     if args.output:
         Path(args.output).write_text(source, encoding="utf-8")
@@ -187,7 +196,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from . import plot
 
     params = parse_params(args.param)
-    losses = [resolve(t, latex=args.latex, vectors=_names(args.vectors)) for t in args.targets]
+    losses = [resolve(t, latex=args.latex, vectors=_names(args.vectors), params=params) for t in args.targets]
     curves = []
     for k, loss in enumerate(losses, 1):
         progress(f"[{k}/{len(losses)}] {loss.name}")
@@ -229,7 +238,8 @@ def _vectors(p: argparse.ArgumentParser) -> None:
 
 
 def _params(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE", help="a parameter value")
+    p.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a parameter value (for a formula or LaTeX: makes NAME a parameter with this default)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -250,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("compile", "show", "grad", "check", "bench"):
         _target(ps[name], latex_flag=name != "grad")
     ps["compile"].add_argument("-o", "--output", help="write the source here (default: stdout)")
+    for name in ("compile", "show", "grad"):
+        _params(ps[name])
     ps["grad"].add_argument("--wrt", required=True, help="the input or parameter to differentiate by")
     ps["grad"].add_argument("--latex", dest="as_latex", action="store_true", help="print the gradient as LaTeX")
     ps["grad"].add_argument("--reduction", choices=("mean", "sum", "none"), default=None)

@@ -190,3 +190,18 @@ def test_vectors_option_gives_latex_inputs_a_feature_axis(capsys):
     assert cli.main(["show", tex, "--vectors", "q,k"]) == 0
     out = capsys.readouterr().out
     assert "inputs:     q[d], k_pos[d], k[i, d]" in out and "logsumexp_i(" in out
+
+
+def test_params_of_a_formula_become_defaults_of_the_exported_module(tmp_path, capsys):
+    from lossdsl import cli
+
+    out = tmp_path / "focal_formula.py"
+    argv = ["compile", "-p", "alpha=0.25", "-p", "gamma=2", "-o", str(out), "--", "-alpha*(1-p)^gamma*log(p)"]
+    assert cli.main(argv) == 0
+    spec = importlib.util.spec_from_file_location("focal_formula", out)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    p = torch.rand(20, dtype=torch.float64) * 0.9 + 0.05
+    torch.testing.assert_close(module.Formula()(p), (-0.25 * (1 - p) ** 2 * p.log()).mean())
+    assert cli.main(["compile", "mse_loss", "-p", "eps=1"]) == 1
+    assert "declares its own" in capsys.readouterr().err
