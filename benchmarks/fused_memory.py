@@ -1,6 +1,11 @@
 """Peak memory of forward + backward: autograd mode against fused mode, for losses on 10^7 elements.
 
     python benchmarks/fused_memory.py [--elements 10000000] [--device cpu|cuda]
+    python benchmarks/fused_memory.py --stdlib [--axis 256] [--device cpu|cuda] [--only a,b]
+
+`--stdlib` times fused against eager mode for every stdlib loss with a symbolic gradient (every axis of
+size --axis, a *group as 16 x 16, undeclared-shape inputs as 64 x --axis) and flags a fused mode more than
+3x slower or holding more than 2x the peak memory (benchmarks/measure.py's timing and peak).
 
 CUDA: torch.cuda.max_memory_allocated above the inputs. CPU: the process's peak resident set (VmHWM,
 reset through /proc/self/clear_refs) above the resident set once inputs exist; tensors of this size are
@@ -81,12 +86,62 @@ def measure(case: str, mode: str, n: int, device: str) -> dict:
             "grad_bytes": x.grad.numel() * x.grad.element_size()}
 
 
+def stdlib_inputs(loss, axis: int, device: str) -> tuple[list, dict]:
+    """Inputs of every tensor input by kind (float ones requiring grad) and the axis keywords to build with."""
+    import torch
+
+    from lossdsl.strategies import axes_of, classes_of, sample, shapes
+
+    gen = torch.Generator().manual_seed(0)
+    sizes = dict.fromkeys(axes_of(loss.ir), axis)
+    drawn = shapes(loss.ir, sizes, group=(16, 16), loose=(64, axis))
+    out = []
+    for i in loss.inputs:
+        t = sample(i.kind, drawn[i.name], gen, classes_of(loss.ir, i, sizes)).to(device)
+        out.append(t.float().requires_grad_(True) if t.is_floating_point() else t)
+    return out, {k: axis for k in loss.axis_keywords()}
+
+
+def stdlib_sweep(axis: int, device: str, only: list[str] | None) -> None:
+    import torch
+
+    import lossdsl.stdlib
+    from lossdsl.fused import differentiable
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from measure import peak_bytes, step, time_steps
+
+    print(f"{'loss':<40} {'eager ms':>9} {'fused ms':>9} {'x':>6} {'eager MiB':>10} {'fused MiB':>10} {'x':>6}")
+    dev = torch.device(device)
+    for name in only or lossdsl.stdlib.names():
+        loss = lossdsl.stdlib.get(name)
+        if any(i.kind == "fn" for i in loss.inputs) or not differentiable(loss.ir):
+            continue
+        inputs, keywords = stdlib_inputs(loss, axis, device)
+        runs = {mode: step(loss.compile(mode=mode, **keywords).to(dev), inputs) for mode in ("eager", "fused")}
+        t = time_steps(runs, dev, budget=0.5, max_rounds=15)
+        if len(t) < 2:
+            print(f"{name:<40} failed")
+            continue
+        mem = {mode: peak_bytes(run, dev) for mode, run in runs.items()}
+        slow, big = t["fused"].median / t["eager"].median, mem["fused"] / max(mem["eager"], 1)
+        flag = ("  SLOW" if slow > 3 else "") + ("  MEMORY" if big > 2 else "")
+        print(f"{name:<40} {t['eager'].median * 1e3:9.2f} {t['fused'].median * 1e3:9.2f} {slow:6.2f} "
+              f"{mem['eager'] / 2**20:10.2f} {mem['fused'] / 2**20:10.2f} {big:6.2f}{flag}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--elements", type=int, default=10_000_000)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--one", nargs=2, metavar=("CASE", "MODE"), help=argparse.SUPPRESS)
+    ap.add_argument("--stdlib", action="store_true", help="fused vs eager time and memory for every stdlib loss")
+    ap.add_argument("--axis", type=int, default=256, help="--stdlib: the size of every axis")
+    ap.add_argument("--only", help="--stdlib: comma-separated loss names")
     args = ap.parse_args()
+    if args.stdlib:
+        stdlib_sweep(args.axis, args.device, args.only.split(",") if args.only else None)
+        return
     if args.one:
         print(json.dumps(measure(*args.one, args.elements, args.device)))
         return
