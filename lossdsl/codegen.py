@@ -222,8 +222,13 @@ class SourceBuilder:
         result = em.emit(loss.expr)
         weight = em.emit(loss.reduce_weight) if loss.reduce_weight is not None else None
         self.finish(em, result, weight)
-        body = ["    @_full_precision", "    def forward(" + sig + "):"] + [f"        {line}" for line in self.lines]
-        return body
+        body = self.rewrite([f"        {line}" for line in self.lines])
+        return ["    @_full_precision", f"    def forward({sig}):", *body]
+
+    def rewrite(self, body: list[str]) -> list[str]:
+        """The forward's statements as emitted, then each temporary deleted after its last use: no-grad
+        calls (and temporaries autograd does not save) then hold only what is still needed."""
+        return _free_temporaries(body)
 
     def bind_input(self, i: ir.Input) -> None:
         w = self.lines.append
@@ -424,6 +429,31 @@ def _literal_value(v) -> str:
     if isinstance(v, int):
         return repr(v)
     return repr(float(v)) if v == v and abs(v) != float("inf") else f"float('{v}')"
+
+
+_TMP = re.compile(r"\bt\d+\b")  # the emitter's temporaries
+_STRING = re.compile(r"\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'")  # messages may quote a user's name "t1"
+
+
+def _free_temporaries(lines: list[str]) -> list[str]:
+    """Insert `del tN` after the last top-level statement that reads tN (liveness over straight-line code)."""
+    stmts: list[list[str]] = []
+    for line in lines:
+        if (line.startswith("        ") and not line.startswith("         ")) or not stmts:
+            stmts.append([line])
+        else:
+            stmts[-1].append(line)
+    last: dict[str, int] = {}
+    for k, st in enumerate(stmts):
+        for name in _TMP.findall(_STRING.sub("", "\n".join(st))):
+            last[name] = k
+    out: list[str] = []
+    for k, st in enumerate(stmts):
+        out += st
+        dead = sorted((n for n, j in last.items() if j == k and k < len(stmts) - 1), key=lambda n: int(n[1:]))
+        if dead:
+            out.append(f"        del {', '.join(dead)}")
+    return out
 
 
 def is_safe_identifier(name: str) -> bool:

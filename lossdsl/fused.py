@@ -21,12 +21,10 @@ import sympy as sp
 import torch
 
 from . import ir
-from .codegen import SourceBuilder, class_name, py_names
+from .codegen import _TMP, SourceBuilder, _free_temporaries, class_name, py_names
 from .emit import Emitter, V, _paren
 from .gradient import BATCH, GRAD_OUT, LSUM, NUMEL, WSUM, Gradient, _larger_than, derive, effective_reduction
 from .scope import ELLIPSIS, free_indices, rename
-
-_TMP = re.compile(r"\bt\d+\b")
 
 
 class GradEmitter(Emitter):
@@ -109,19 +107,7 @@ def _in_place(body: list[str], fresh: set[str], labels: dict[str, str]) -> list[
     return out
 
 
-class LeanForwardBuilder(SourceBuilder):
-    """The loss's own forward, with each temporary deleted after its last use (fused mode's forward)."""
-
-    def forward_source(self, floats: list[ir.Param]) -> list[str]:
-        body = super().forward_source(floats)
-        at = next(k for k, line in enumerate(body) if line.lstrip().startswith("def forward("))
-        return body[:at] + body[at:at + 1] + self.rewrite(body[at + 1:])
-
-    def rewrite(self, body: list[str]) -> list[str]:
-        return _free_temporaries(body)
-
-
-class GradientBuilder(LeanForwardBuilder):
+class GradientBuilder(SourceBuilder):
     """Generates `forward(inputs..., [grad_out])` returning the gradients, bound like the loss's forward."""
 
     def __init__(self, loss: ir.LossIR, grads: list[Gradient], vjp: bool) -> None:
@@ -235,27 +221,6 @@ class GradientBuilder(LeanForwardBuilder):
         return V(var, target.labels, "tensor", target.ell)
 
 
-def _free_temporaries(lines: list[str]) -> list[str]:
-    """Insert `del tN` after the last top-level statement that reads tN (liveness over straight-line code)."""
-    stmts: list[list[str]] = []
-    for line in lines:
-        if (line.startswith("        ") and not line.startswith("         ")) or not stmts:
-            stmts.append([line])
-        else:
-            stmts[-1].append(line)
-    last: dict[str, int] = {}
-    for k, st in enumerate(stmts):
-        for name in _TMP.findall("\n".join(st)):
-            last[name] = k
-    out: list[str] = []
-    for k, st in enumerate(stmts):
-        out += st
-        dead = sorted((n for n, j in last.items() if j == k and k < len(stmts) - 1), key=lambda n: int(n[1:]))
-        if dead:
-            out.append(f"        del {', '.join(dead)}")
-    return out
-
-
 def gradient_source(loss: ir.LossIR, grads: list[Gradient], reduction: str, vjp: bool) -> str:
     return GradientBuilder(loss, grads, vjp).build()
 
@@ -321,7 +286,7 @@ def _lean_forward(key: int):
     from .api import _build_class
 
     loss = _LOSSES[key]
-    return _build_class(LeanForwardBuilder(loss).build(), class_name(loss.name)).forward
+    return _build_class(SourceBuilder(loss).build(), class_name(loss.name)).forward
 
 
 @functools.lru_cache(maxsize=128)

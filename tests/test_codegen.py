@@ -88,10 +88,10 @@ def test_similarity_over_4096_pairs_costs_one_matrix_per_intermediate(tmp_path: 
     result = json.loads(run_clean(script, tmp_path))
     matrix_mib = 4096 * 4096 * 4 / 2**20
     print(f"peak growth {result['delta_mib']:.0f} MiB = {result['delta_mib'] / matrix_mib:.2f} x one 4096x4096 matrix")
-    # Live [i, j] temporaries of the stable form (lossdsl/stable.py log_ratio): the dot products, their
-    # difference to the positive and its /tau (subtracted before rounding), the max-shifted copy, its exp, the
-    # masked exp and a boolean mask (a quarter): about 6.3 matrices. An [i, j, d] temporary would be 512.
-    assert result["delta_mib"] < 7 * matrix_mib
+    # The stable form (lossdsl/stable.py log_ratio) computes about six [i, j] temporaries (dot products, their
+    # difference to the positive over tau, the max-shifted copy, its exp, the masked exp, a bool mask), but
+    # each is deleted after its last use, so about two are live at once. An [i, j, d] temporary would be 512.
+    assert result["delta_mib"] < 3.5 * matrix_mib
     assert abs(result["value"] - result["ref"]) < 1e-3 * abs(result["ref"])
 
 
