@@ -428,8 +428,18 @@ class Emitter:
         code = NORMALISE_CALL[e.op].format(t=body.code, d=self.dims(body, [lab]))
         seen = self.calls.get(code)
         if seen is None:
-            seen = self.calls[code] = self.tmp(code, body.labels, body.ell)
+            seen = self.calls[code] = self.normalised(e.op, code, body, lab)
         return V(seen.code, body.labels, seen.kind, seen.ell)
+
+    def normalised(self, op: str, code: str, body: V, lab: str) -> V:
+        """normalize is x / max(|x|, 1e-12) as torch computes it, but with gradient 0 (not 1e12, inf once
+        returned in float16) at an all-zero vector: the double-where, like torch's own norm at 0."""
+        if op != "normalize":
+            return self.tmp(code, body.labels, body.ell)
+        n = self.tmp(f"torch.linalg.vector_norm({body.code}, dim={self.dims(body, [lab])}, keepdim=True)",
+                     body.labels, body.ell)
+        return self.tmp(f"{body.code} * torch.where({n.code} > 0, 1 / {n.code}.clamp_min(1e-12), 0.0)",
+                        body.labels, body.ell)
 
     # ---- indexing
     def indexed(self, e: sp.Indexed) -> V:
