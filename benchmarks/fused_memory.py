@@ -109,7 +109,11 @@ def stdlib_sweep(axis: int, device: str, only: list[str] | None) -> None:
     from lossdsl.fused import differentiable
 
     sys.path.insert(0, os.path.dirname(__file__))
-    from measure import peak_bytes, step, time_steps
+    from measure import peak_bytes, time_steps
+
+    def step(module, inputs):  # allow_unused: fused mode leaves a gradient that is identically 0 as None
+        diff = [t for t in inputs if t.requires_grad]
+        return lambda: torch.autograd.grad(module(*inputs), diff, allow_unused=True)
 
     print(f"{'loss':<40} {'eager ms':>9} {'fused ms':>9} {'x':>6} {'eager MiB':>10} {'fused MiB':>10} {'x':>6}")
     dev = torch.device(device)

@@ -237,10 +237,33 @@ def vjp_seed(loss: ir.LossIR, reduction: str) -> sp.Expr:
     return sp.Symbol(GRAD_OUT, real=True)
 
 
+def specialise(loss: ir.LossIR, values: dict[str, int | bool]) -> ir.LossIR:
+    """The loss with its int and bool parameters fixed to the module's values. The backward is generated
+    per module anyway; fixed, `sigmoid(p) if use_sigmoid else p` loses its dead branch, whose softmax,
+    sigmoid and gradient terms the backward would otherwise compute in full and scale by 0 (jaccard_loss
+    held 2x the memory of autograd mode)."""
+    syms = {s: values[s.name] for s in loss.expr.free_symbols if s.name in values and not ir.is_index(s)}
+    if not syms:
+        return loss
+    conds = {s: sp.true if v else sp.false for s, v in syms.items() if isinstance(v, bool)}
+    nums = {s: sp.Integer(int(v)) for s, v in syms.items()}
+
+    def fix(e: sp.Expr | None) -> sp.Expr | None:
+        if e is None:
+            return None
+        e = e.replace(lambda x: isinstance(x, sp.Piecewise),
+                      lambda x: sp.Piecewise(*((a.expr, a.cond.xreplace(conds)) for a in x.args)))
+        return e.xreplace(nums)
+
+    return dataclasses.replace(loss, expr=fix(loss.expr), reduce_weight=fix(loss.reduce_weight))
+
+
 @functools.lru_cache(maxsize=128)
-def _vjp_class(loss_key: int, names: tuple[str, ...], reduction: str) -> type[torch.nn.Module]:
-    """The backward for the inputs and parameters `names` (Python names, as the module spells them)."""
-    loss = _LOSSES[loss_key]
+def _vjp_class(loss_key: int, names: tuple[str, ...], reduction: str,
+               fixed: tuple[tuple[str, int | bool], ...] = ()) -> type[torch.nn.Module]:
+    """The backward for the inputs and parameters `names` (Python names, as the module spells them), with
+    the int and bool parameters `fixed` (user name, value)."""
+    loss = specialise(_LOSSES[loss_key], dict(fixed))
     red = effective_reduction(loss, reduction)
     user = {py: name for name, py in py_names(loss).items()}
     grads = [derive(loss, user[n], reduction, seed=vjp_seed(loss, red)) for n in names]
@@ -275,7 +298,8 @@ class _Fused(torch.autograd.Function):
                      if need and k)
         grads = dict.fromkeys(names)
         if want:
-            cls = _vjp_class(module._lossdsl_key, want, module.reduction)
+            fixed = tuple((name, getattr(module, py)) for name, py in module._lossdsl_fixed)
+            cls = _vjp_class(module._lossdsl_key, want, module.reduction, fixed)
             device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
             with torch.autocast(device_type=device, enabled=False):
                 grads.update(zip(want, cls.forward(module, *args[:n], grad_out=grad_out), strict=True))
@@ -306,6 +330,7 @@ def _fused_class(base: type[torch.nn.Module], key: int) -> type[torch.nn.Module]
 
     return type(f"{base.__name__}Fused", (base,), {
         "forward": forward, "_lossdsl_eager_forward": _lean_forward(key), "_lossdsl_learnable": learnable,
+        "_lossdsl_fixed": tuple((p.name, py[p.name]) for p in loss.params if p.type in ("int", "bool")),
         "_lossdsl_key": key, "__doc__": base.__doc__})
 
 

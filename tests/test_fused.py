@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import lossdsl
+import lossdsl.stdlib
 from lossdsl.fused import build_fused
 
 CE = "loss ce(x[n, c]: logits, y[n]: index(c)):\n    -log_softmax_c(x)[n, y]"
@@ -142,3 +143,81 @@ def test_losses_without_a_symbolic_gradient_stay_in_autograd_mode():
     x = torch.randn(4, 3, requires_grad=True)
     module(x, torch.nn.Linear(3, 1)).backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+# ---- what the backward allocates and runs (seen at the aten level, inside einsum too)
+class _Ops(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records every aten op run and the largest tensor any of them returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest, self.ops = 0, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        numel = max((t.numel() for t in (out if isinstance(out, (tuple, list)) else (out,))
+                     if isinstance(t, torch.Tensor)), default=0)
+        self.ops.append((func.overloadpacket.__name__, numel))
+        self.largest = max(self.largest, numel)
+        return out
+
+
+def _backward_ops(module: torch.nn.Module, args: list[torch.Tensor]) -> _Ops:
+    leaves = [a.clone().requires_grad_(a.is_floating_point()) for a in args]
+    out = module(*leaves)
+    out.backward()  # once untraced: the backward class is generated on first use
+    leaves = [a.clone().requires_grad_(a.is_floating_point()) for a in args]
+    out = module(*leaves)
+    with _Ops() as ops:
+        out.backward()
+    return ops
+
+
+@pytest.mark.parametrize("name", ["info_nce", "nt_xent", "supcon_loss", "clip_loss"])
+def test_pairwise_backward_builds_no_three_axis_temporary(name):
+    """n = 48 rows, d = 256: an [i, j, d] temporary (the info_nce blow-up: 4 GB at 4M elements) has 590k
+    elements; the inputs and the [i, j] similarities 12k and 2.3k."""
+    loss = lossdsl.stdlib.get(name)
+    gen = torch.Generator().manual_seed(0)
+    args = [torch.randn(48, 256, generator=gen) if i.axes and len(i.axes) == 2 else
+            torch.randint(0, 4, (48,), generator=gen) for i in loss.inputs]
+    ops = _backward_ops(loss.compile(mode="fused"), args)
+    assert ops.largest <= 48 * 256
+
+
+def test_info_nce_backward_computes_the_similarities_once_per_use():
+    """Forward s = nq nk^T (scaled and unscaled: the diagonal) and one product per gradient: 4 matrix
+    products with outputs of [i, j] or [i, d] (row-wise dot products are bmm too, but of 32 elements).
+    Once 46 einsums recomputed s (each scatter's fresh index names hid it from the emitter's memo). And no
+    tie mask [s[i, j] == max_j s[i, j]]: the max shift of the logsumexp is frozen (it cancels)."""
+    loss = lossdsl.stdlib.get("info_nce")
+    args = [torch.randn(32, 16), torch.randn(32, 16)]
+    ops = _backward_ops(loss.compile(mode="fused"), args)
+    assert sum(op in ("bmm", "mm") and numel >= 32 * 16 for op, numel in ops.ops) <= 4
+    assert not [op for op, numel in ops.ops if op == "eq" and numel >= 32 * 32]
+
+
+def test_info_nce_with_tied_similarities_matches_autograd():
+    """Duplicate keys tie in the max shift of the logsumexp; the shift is frozen in the gradient (it cancels),
+    autograd mode splits the tie through amax: the same gradient either way."""
+    text = CASES["info_nce"][0]
+    gen = torch.Generator().manual_seed(3)
+    k = torch.randn(3, 5, generator=gen, dtype=torch.float64).repeat(2, 1)  # rows 0-2 == rows 3-5
+    args = [torch.randn(6, 5, generator=gen, dtype=torch.float64), k]
+    eager, fused = lossdsl.compile(text).double(), lossdsl.compile(text, mode="fused").double()
+    for a, b in zip(gradients(fused, args), gradients(eager, args), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("flags", [{}, {"use_sigmoid": True}, {"use_softmax": True}])
+def test_bool_parameters_prune_the_dead_branch_of_the_backward(flags):
+    loss = lossdsl.stdlib.get("jaccard_loss")
+    gen = torch.Generator().manual_seed(0)
+    args = [torch.rand(2, 3, 4, 4, generator=gen, dtype=torch.float64),
+            (torch.rand(2, 3, 4, 4, generator=gen) > 0.5).double()]
+    eager, fused = loss.compile(**flags).double(), loss.compile(mode="fused", **flags).double()
+    for a, b in zip(gradients(fused, args), gradients(eager, args), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    ops = {op for op, _ in _backward_ops(fused, args).ops}
+    assert ("_softmax" in ops) == bool(flags.get("use_softmax"))
+    assert ("sigmoid" in ops) == bool(flags.get("use_sigmoid"))
