@@ -612,6 +612,16 @@ def _abs_sign(e: sp.Mul) -> sp.Expr | None:
     return None
 
 
+def _same_base(e: sp.Mul) -> sp.Expr | None:
+    """b**p / b → b**(p - 1): SymPy's d(b**p)/db is p*b**p/b, which is 0/0 at b = 0 for p = 1 (a relu
+    hinge, multi_margin_loss); b**(p - 1) is what torch computes there (0**0 = 1)."""
+    bases = [f.as_base_exp()[0] for f in e.args if not f.is_number]
+    if len(bases) == len(set(bases)):
+        return None
+    out = sp.powsimp(e, deep=False, combine="exp")
+    return out if out != e else None
+
+
 def _neg_sigmoid(e: ir.sigmoid) -> sp.Expr | None:
     """sigmoid(-u) = 1 - sigmoid(u): lets the terms of a logistic loss cancel (BCE → sigmoid(x) - y)."""
     return 1 - ir.sigmoid(-e.args[0]) if e.args[0].could_extract_minus_sign() else None
@@ -623,7 +633,7 @@ def _sign_squared(e: sp.Pow) -> sp.Expr | None:
 
 Rewrite = Callable[[sp.Basic], "sp.Basic | None"]
 LOCAL_RULES: dict[type, list[Rewrite]] = {
-    sp.Mul: [_integral_coeff, _abs_sign],
+    sp.Mul: [_integral_coeff, _abs_sign, _same_base],
     ir.sigmoid: [_neg_sigmoid],
     sp.Pow: [_sign_squared],
 }
