@@ -38,6 +38,14 @@ def _log(v: float) -> float:
     return -INF if v <= 0 else (INF if v == INF else math.log(v))
 
 
+def _power(b: float, x: float) -> float:
+    """b ** x for b >= 0, inf where it overflows (1 / 5e-324 for a `> 0` parameter in a denominator)."""
+    try:
+        return b**x
+    except OverflowError:
+        return INF
+
+
 def _pow(base: Interval, e: sp.Basic) -> Interval:
     lo, hi = base
     if not e.is_number:
@@ -51,8 +59,8 @@ def _pow(base: Interval, e: sp.Basic) -> Interval:
     if lo < 0:
         return FULL
     if x > 0:
-        return lo**x, hi**x if hi < INF else INF
-    return (hi**x if hi < INF else 0.0, INF if lo == 0 else lo**x)
+        return _power(lo, x), _power(hi, x) if hi < INF else INF
+    return (_power(hi, x) if hi < INF else 0.0, INF if lo == 0 else _power(lo, x))
 
 
 def _sum_like(body: Interval) -> Interval:

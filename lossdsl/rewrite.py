@@ -17,11 +17,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import sympy as sp
+from sympy.functions.elementary.piecewise import ExprCondPair
 
 from . import ir, passes
 from .domain import Bounds
 from .scope import free_indices
-from .stable import adds_axis, clamped_log, log_cosh, log_ratio, logaddexp, logsumexp, position, shifted, softplus
+from .stable import (
+    adds_axis,
+    clamped_log,
+    iverson,
+    log_cosh,
+    log_ratio,
+    logaddexp,
+    logsumexp,
+    position,
+    shifted,
+    softplus,
+)
 
 PASS_NAME = "stability"
 
@@ -54,6 +66,7 @@ class Rule:
     fires: str  # a loss on which the rule fires (its test)
     not_fires: str  # a loss on which the rule's precondition fails
     sample: tuple[float, float] = (-30.0, 30.0)  # where its value test draws inputs
+    late: bool = False  # tried only once the node's children are rewritten (a guard for what is left)
 
 
 def _exp_over_sum(m: sp.Mul) -> tuple[sp.Expr, ir.Sum_, list[sp.Basic]] | None:
@@ -150,6 +163,19 @@ def r_logaddexp(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
     return out
 
 
+def r_log_cosh_identity(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
+    """u + softplus(-2u) - log 2 (TensorFlow's log_cosh, the usual "stable" spelling) is log(cosh(u)), but
+    for small u it subtracts log 2 from log 2 + u^2/2: 30 of float32's 24 bits are lost at u = 1e-4."""
+    if not isinstance(e, sp.Add) or -sp.log(2) not in e.args:
+        return None
+    for t in e.args:
+        if isinstance(t, ir.softplus):
+            u = -t.args[0] / 2
+            if u in e.args:
+                return log_cosh(u.args[0] if isinstance(u, sp.Abs) else u) + (e - u - t + sp.log(2))
+    return None
+
+
 def r_log1p(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
     if not (isinstance(e, sp.log) and isinstance(e.args[0], sp.Add)):
         return None
@@ -226,7 +252,7 @@ def r_xlogx(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
     if found is None or found[2] is not None:
         return None
     f, x, _ = found
-    return sp.Mul(*(g for g in sp.Mul.make_args(e) if g is not f and g != x)) * ir.xlogy(x, x)
+    return sp.Mul(*(g for g in sp.Mul.make_args(e) if g is not f and g != x)) * safe_xlogy(x, x, ctx)
 
 
 def r_xlog_ratio(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
@@ -235,7 +261,7 @@ def r_xlog_ratio(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
         return None
     f, x, y = found
     rest = sp.Mul(*(g for g in sp.Mul.make_args(e) if g is not f and g != x))
-    return rest * (ir.xlogy(x, x) - ir.xlogy(x, y))
+    return rest * (safe_xlogy(x, x, ctx) - safe_xlogy(x, y, ctx))
 
 
 def r_norm(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
@@ -293,6 +319,79 @@ def r_empty_ratio(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
     return None
 
 
+def safe_xlogy(x: sp.Expr, y: sp.Expr, ctx: Ctx) -> sp.Expr:
+    """torch.xlogy(x, y) passes x / y back to y: NaN at x = y = 0 (KL's p log p at p = 0). Where y can reach
+    0, the same value from x log(y) where x != 0, with y read as 1 where x = 0, gives that gradient 0."""
+    if ctx.bounds(y)[0] > 0:
+        return ir.xlogy(x, y)
+    zero = sp.Eq(x, 0)
+    return sp.Piecewise((x * sp.log(shifted(y * iverson(sp.Not(zero)), zero, 1)), sp.Not(zero)), (0, True))
+
+
+def r_xlogy_at_zero(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
+    return safe_xlogy(*e.args, ctx) if isinstance(e, ir.xlogy) else None
+
+
+SAFE_POINT = {sp.StrictGreaterThan: 1, sp.GreaterThan: 1, sp.StrictLessThan: -1, sp.LessThan: -1}
+
+
+def _pole(node: sp.Basic) -> tuple[sp.Basic, float] | None:
+    """The argument of a log, xlogy, root or negative power and the value at or below which it is singular."""
+    if isinstance(node, (sp.log, ir.log1p)):
+        return node.args[0], (0.0 if isinstance(node, sp.log) else -1.0)
+    if isinstance(node, ir.xlogy):
+        return node.args[1], 0.0
+    if isinstance(node, sp.Pow) and not (node.exp.is_Integer and node.exp > 0):
+        return node.base, 0.0
+    return None
+
+
+def _guarded(a: sp.Basic, u: sp.Basic) -> bool:
+    """Whether a already reads u through a where on u (a rule's own double-where, logsumexp's shifted sum)."""
+    relations = (r for p in a.atoms(sp.Piecewise) for c in p.args for r in c.cond.atoms(sp.core.relational.Relational))
+    return any(r.has(u) for r in relations)
+
+
+def _open_poles(e: sp.Basic, u: sp.Basic, ctx: Ctx) -> list[sp.Basic]:
+    """The nodes of e with a pole in something built from u that u's bounds let them reach and no guard
+    keeps away: inf or NaN (with an infinite derivative) outside the branch's condition on u.
+    log1p(2 sinh(a/2)^2), the log_cosh rule's own form, has none."""
+    out = []
+    for node in sp.preorder_traversal(e):
+        p = _pole(node)
+        if p is not None and p[0].has(u) and ctx.bounds(p[0])[0] <= p[1] and not _guarded(p[0], u):
+            out.append(node)
+    return out
+
+
+def r_guarded_branch(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
+    """where(u > k, f(u), g): f is evaluated everywhere and where() passes 0 * f'(u) back, NaN where f'(u) is
+    infinite (Stirling's t log t + log(2 pi t)/2 at t = 0). f reads u only where the condition holds and a
+    safe point k + 1 elsewhere (the double-where), so the value is unchanged and the gradient finite."""
+    if not isinstance(e, sp.Piecewise) or len(e.args) < 2:
+        return None
+    (expr, cond), rest = e.args[0], e.args[1:]
+    step = SAFE_POINT.get(type(cond))
+    if step is None or not cond.rhs.is_number or cond.lhs.is_number:
+        return None
+    u = cond.lhs
+    if not _open_poles(expr, u, ctx):
+        return None
+    safe = shifted(u * iverson(cond), sp.Not(cond), cond.rhs + step)
+    return sp.Piecewise((_substitute(expr, u, safe), cond), *rest)
+
+
+def _substitute(e: sp.Basic, u: sp.Basic, by: sp.Basic) -> sp.Basic:
+    """e with u replaced by `by` outside conditions: every value f reads is safe (t log t at t < 0 is NaN, and
+    0 * NaN is NaN in the backward pass too), while nested wheres keep testing the real u."""
+    if e == u:
+        return by
+    if not e.args or e.is_Boolean or isinstance(e, sp.core.relational.Relational):
+        return e
+    args = [_substitute(a, u, by) for a in e.args]
+    return e.func(*args) if any(a is not b for a, b in zip(args, e.args, strict=True)) else e
+
+
 BCE_PROB = "loss b(p: prob, y: binary):\n    -(y*log(p) + (1 - y)*log(1 - p))\n"
 RULES: list[Rule] = [
     Rule("log_sigmoid", "log(sigmoid(a))", "logsigmoid(a) = -softplus(-a)", "none",
@@ -306,6 +405,9 @@ RULES: list[Rule] = [
          wild(ir.log1p(sp.exp(A)), softplus), "log1p(exp(x))", "log1p(exp(x) + 1)"),
     Rule("log_cosh", "log(cosh(a))", "|a| < 10: log1p(2 sinh(a/2)^2); else |a| + softplus(-2|a|) - log 2",
          "none", wild(sp.log(sp.cosh(A)), log_cosh), "log(cosh(x))", "log(cosh(x) + 1)", (-1e4, 1e4)),
+    Rule("log_cosh_identity", "a + softplus(-2a) - log 2", "log(cosh(a)), computed as the log_cosh rule's form",
+         "the three terms appear together in one sum", r_log_cosh_identity, "x + softplus(-2*x) - log(2)",
+         "x + softplus(-2*x) - log(3)", (-1e-3, 1e-3)),
     Rule("prob_log_clamp", "log(p), log(1 - p), log1p(-p) with p: prob", "max(log p, -100), max(log1p(-p), -100)",
          "p has kind prob (torch's binary_cross_entropy clamps there)", r_prob_log, BCE_PROB,
          "loss b(p, y: binary):\n    -(y*log(p) + (1 - y)*log(1 - p))\n", (0.0, 1.0)),
@@ -336,7 +438,8 @@ RULES: list[Rule] = [
          "a is one of the b's at a position other than c itself", r_lse_minus_member,
          "loss ce(x[n, c], y[n]: index(c)):\n    -x[n, y] + logsumexp_c(x[n, c])\n",
          "loss ce(x[n, c], z[n]):\n    -z[n] + logsumexp_c(x[n, c])\n", (-1e4, 1e4)),
-    Rule("xlogx", "x log(x)", "xlogy(x, x) (0 at x = 0)", "the factor is the log's argument", r_xlogx,
+    Rule("xlogx", "x log(x)", "xlogy(x, x) (0 at x = 0, gradient finite: safe_xlogy)",
+         "the factor is the log's argument", r_xlogx,
          "x*log(x)", "x*log(y)", (0.0, 5.0)),
     Rule("xlog_ratio", "x log(x / y)", "xlogy(x, x) - xlogy(x, y)", "the factor is the ratio's numerator",
          r_xlog_ratio, "x*log(x/y)", "y*log(x/y)", (0.0, 5.0)),
@@ -349,6 +452,14 @@ RULES: list[Rule] = [
     Rule("frac_pow_at_zero", "b^g, 0 < g < 1 (or a parameter g)", "b^g with gradient 0 where b = 0 (g < 1)",
          "b >= 0 and can reach 0", r_frac_pow,
          "loss l(p: prob; g = 0.5 >= 0):\n    (1 - p)^g\n", "loss l(p: prob):\n    (1 - p)^1.5\n", (0.0, 1.0)),
+    Rule("guarded_branch", "where(u > k, f(u), g) (also >=, <, <=), f singular outside",
+         "f read at u where the condition holds and at k + 1 (k - 1) elsewhere: a finite unused gradient",
+         "the condition bounds u by a constant; f has a log, xlogy, root or negative power of u",
+         r_guarded_branch, "where(x > 1, x*log(x) + 0.5*log(x), 0)", "where(x > 1, x^2 - x, 0)", (-3.0, 3.0),
+         late=True),
+    Rule("xlogy_at_zero", "xlogy(x, y)", "x log(y) where x != 0 (y read as 1 elsewhere), else 0",
+         "y can reach 0 (its gradient x / y is then 0 / 0)", r_xlogy_at_zero, "xlogy(x, y)",
+         "loss l(x, y: positive):\n    xlogy(x, y)\n", (0.0, 3.0), late=True),
     Rule("empty_ratio", "num / den, den a sum of non-negative terms", "1 where num = den = 0, else num/den",
          "den >= 0, has no constant term (eps) and sums over an axis (an empty mask makes it 0)",
          r_empty_ratio,
@@ -356,6 +467,9 @@ RULES: list[Rule] = [
          "loss d(p[n, k]: prob, g[n, k]: binary):\n    1 - (2*sum_k(p*g) + 1) / (sum_k(p) + sum_k(g) + 1)\n",
          (0.0, 1.0)),
 ]
+
+
+LEAVES = (sp.Indexed, ir.Size, sp.Tuple)
 
 
 class Rewriter:
@@ -369,8 +483,10 @@ class Rewriter:
     def where(self, e: sp.Basic) -> str:
         return next((name for name, value in self.statements if value.has(e)), "result")
 
-    def step(self, e: sp.Basic) -> sp.Basic | None:
+    def step(self, e: sp.Basic, late: bool = False) -> sp.Basic | None:
         for rule in RULES:
+            if rule.late and not late:
+                continue
             out = rule.apply(e, self.ctx)
             if out is not None and out != e:
                 self.fired.append({"pass": PASS_NAME, "rule": rule.name, "where": self.where(e),
@@ -378,17 +494,21 @@ class Rewriter:
                 return out
         return None
 
-    def walk(self, e: sp.Basic) -> sp.Basic:
-        if not e.args or isinstance(e, (sp.Indexed, ir.Size, sp.Tuple)) or e.is_Boolean:
+    def walk(self, e: sp.Basic, branches: bool = True) -> sp.Basic:
+        """Rewrite e outermost first. `branches`: whether a where's branches (ExprCondPair, a Tuple) are
+        walked too; they are in the user's formula, not inside a rule's output, whose guards would
+        otherwise be guarded again (the sqrt and power rules' shifted bases)."""
+        leaf = isinstance(e, LEAVES) and not (branches and isinstance(e, ExprCondPair))
+        if not e.args or leaf or e.is_Boolean:
             return e
         out = self.step(e)
         e = out if out is not None else e
         if not e.args or e.is_Boolean:
             return e
-        args = [self.walk(a) for a in e.args]
+        args = [self.walk(a, branches and out is None) for a in e.args]
         if any(x is not y for x, y in zip(args, e.args, strict=True)):
             e = e.func(*args)
-        again = self.step(e) if out is None else None
+        again = self.step(e, late=True) if out is None else None
         return again if again is not None else e
 
 

@@ -159,3 +159,23 @@ def test_a_ratio_read_at_a_summed_index_stays_quadratic():
 def test_lse_minus_member_keeps_quadratic_cost():
     src = "loss s(c[i, j], y[i, j]: binary):\n    sum_j(y * (logsumexp_k(c[i, k]) - c[i, j]))\n"
     assert "lse_minus_member" not in fired(lossdsl.parse(src).ir)
+
+
+def test_rules_reach_into_the_branches_of_a_where():
+    assert fired(lossdsl.parse("where(x > 0, log(sigmoid(x)), 0)").ir) == ["log_sigmoid"]
+
+
+@pytest.mark.parametrize("name", ["stirling", "poisson_nll_loss_full", "kl_div"])
+def test_unused_branches_and_xlogy_at_zero_have_finite_gradients(name):
+    """Stirling's term where(t > 1, t log t - t + log(2 pi t)/2, 0) and KL's xlogy(p, p) at p = 0: torch's
+    own functions give NaN gradients for the target there; the guarded forms give finite ones, same values."""
+    t = torch.tensor([-2.0, 0.0, 0.5, 1.0, 3.0, 40.0], dtype=torch.float64, requires_grad=True)
+    x = torch.linspace(-1, 1, 6, dtype=torch.float64)
+    mod = lossdsl.stdlib.get(name).compile(reduction="none")
+    args = (t,) if name == "stirling" else (x, t)
+    out = mod(*args)
+    (g,) = torch.autograd.grad(out[1:].sum(), t)  # t = -2 is outside KL's domain (NaN value, as in torch)
+    assert torch.isfinite(g[1:]).all()
+    if name == "poisson_nll_loss_full":
+        want = torch.nn.functional.poisson_nll_loss(x, t.detach(), full=True, reduction="none")
+        torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
+import lossdsl
 from lossdsl import stdlib
 
 from .helpers import assert_finite, check, low_precision
@@ -56,3 +58,17 @@ def test_log_cosh_limits() -> None:
 def test_log_cosh_extreme_inputs(dtype: torch.dtype) -> None:
     assert_finite(stdlib.log_cosh_loss(), torch.tensor([1e4, -1e4, 0.0]), torch.tensor([-1e4, 0.0, 0.0]),
                   dtype=dtype)
+
+
+def test_log_cosh_small_errors_keep_float32_precision() -> None:
+    """The textbook |e| + softplus(-2|e|) - log 2 subtracts log 2 from log 2 + e^2/2: at e = 1e-4 in float32
+    nothing of e^2/2 = 5e-9 survives. The stdlib's log(cosh(e)) is rewritten to log1p(2 sinh(e/2)^2)."""
+    e = torch.tensor([1e-4, -3e-3, 0.2, 5.0, 30.0], dtype=torch.float32, requires_grad=True)
+    out = stdlib.log_cosh_loss(reduction="none")(e, torch.zeros(5))
+    (g,) = torch.autograd.grad(out.sum(), e)
+    e64 = e.detach().double()
+    want = torch.log(torch.cosh(e64))
+    torch.testing.assert_close(out.double(), want, rtol=4 * 2**-24, atol=0)
+    torch.testing.assert_close(g.double(), torch.tanh(e64), rtol=4 * 2**-24, atol=0)
+    naive = lossdsl.compile("loss l(e):\n    |e| + softplus(-2*|e|) - log(2)\n", reduction="none")
+    assert naive(e)[0].item() == pytest.approx(5e-9, rel=1e-6)  # the rewrite rule recognises that form too
