@@ -432,13 +432,14 @@ class Emitter:
         return V(seen.code, body.labels, seen.kind, seen.ell)
 
     def normalised(self, op: str, code: str, body: V, lab: str) -> V:
-        """normalize is x / max(|x|, 1e-12) as torch computes it, but with gradient 0 (not 1e12, inf once
-        returned in float16) at an all-zero vector: the double-where, like torch's own norm at 0."""
+        """normalize is x / max(|x|, 1e-12) as torch computes it (one rounding), except that an all-zero
+        vector is divided by 1: the same value 0, and a gradient that passes the incoming one through
+        instead of multiplying it by 1/eps = 1e12 (inf once returned in float16)."""
         if op != "normalize":
             return self.tmp(code, body.labels, body.ell)
         n = self.tmp(f"torch.linalg.vector_norm({body.code}, dim={self.dims(body, [lab])}, keepdim=True)",
                      body.labels, body.ell)
-        return self.tmp(f"{body.code} * torch.where({n.code} > 0, 1 / {n.code}.clamp_min(1e-12), 0.0)",
+        return self.tmp(f"{body.code} / torch.where({n.code} > 0, {n.code}.clamp_min(1e-12), 1.0)",
                         body.labels, body.ell)
 
     # ---- indexing

@@ -184,8 +184,8 @@ def test_supcon_extreme_inputs(dtype: torch.dtype) -> None:
                          ids=["f64", "f32", "f16", "bf16"])
 @pytest.mark.parametrize("name", ["info_nce", "nt_xent", "clip_loss", "supcon_loss", "triplet_cosine"])
 def test_cosine_losses_zero_embedding(name: str, dtype: torch.dtype) -> None:
-    """A zero row: normalize gives 0 as torch does, with gradient 0 there (torch's 1/eps = 1e12 was inf once
-    returned in float16)."""
+    """A zero row: normalize gives 0 as torch does, and passes the incoming gradient through there (torch
+    multiplies it by 1/eps = 1e12: inf once returned in float16)."""
     z = extreme_emb(zero=True)
     if name == "supcon_loss":
         assert_finite(stdlib.supcon_loss(), z, torch.tensor([0, 1, 0, 1]), dtype=dtype)
