@@ -363,8 +363,11 @@ def _log_softmax(d: Deriver, a: ir.LogSoftmax, adj: sp.Expr) -> None:
 
 
 def _normalize(d: Deriver, a: ir.Normalize, adj: sp.Expr) -> None:
+    """As emitted (emit.normalised): an all-zero vector is divided by 1, so its gradient is the incoming one,
+    not 0/0; the rest is the usual (adj - a <adj, a>) / |x|."""
     norm = ir.Norm_(a.body, sp.Tuple(a.index), sp.true)
-    d.push(a.body, (adj - a * ir.Sum_(adj * a, sp.Tuple(a.index), sp.true)) / norm)
+    guarded = sp.Piecewise((norm, norm > 0), (1, True))
+    d.push(a.body, (adj - a * ir.Sum_(adj * a, sp.Tuple(a.index), sp.true)) / guarded)
 
 
 def _at(d: Deriver, a: ir.At, adj: sp.Expr) -> None:

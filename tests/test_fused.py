@@ -221,3 +221,22 @@ def test_bool_parameters_prune_the_dead_branch_of_the_backward(flags):
     ops = {op for op, _ in _backward_ops(fused, args).ops}
     assert ("_softmax" in ops) == bool(flags.get("use_softmax"))
     assert ("sigmoid" in ops) == bool(flags.get("use_sigmoid"))
+
+
+@pytest.mark.parametrize("name", ["info_nce", "nt_xent"])
+def test_fused_gradient_at_zero_vectors_equals_eager(name):
+    """normalize of an all-zero row divides by 1 in the forward; the symbolic backward must do the same
+    (it divided by the bare norm: 0/0, -inf in float32)."""
+    loss = lossdsl.stdlib.get(name)
+    gen = torch.Generator().manual_seed(0)
+    args = [torch.randn(4, 8, generator=gen, dtype=torch.float64) for _ in loss.ir.inputs]
+    args[0][1] = 0.0
+    args[-1][2] = 0.0
+    grads = []
+    for mode in ("eager", "fused"):
+        leaves = [a.clone().requires_grad_(k < 2) for k, a in enumerate(args)]
+        loss.compile(mode=mode)(*leaves).backward()
+        grads.append([leaf.grad for leaf in leaves[:2]])
+    for g_eager, g_fused in zip(*grads, strict=True):
+        assert torch.isfinite(g_fused).all()
+        torch.testing.assert_close(g_fused, g_eager, rtol=1e-9, atol=1e-12)
