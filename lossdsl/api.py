@@ -92,6 +92,11 @@ class Loss:
         """Kept with the cache entry: computing it reads the SymPy expression, which a cache hit defers."""
         return tuple(size_keywords(self.ir))
 
+    @functools.cached_property
+    def _py_names(self) -> dict[str, str]:
+        """Kept with the cache entry, like _axis_keywords (py_names reads the SymPy expression too)."""
+        return py_names(self.ir)
+
     def grad(self, wrt: str, *, reduction: str | None = None):
         """The symbolic gradient of the reduced loss with respect to input (or parameter) `wrt`."""
         from .gradient import derive
@@ -125,7 +130,7 @@ class Loss:
             raise ParameterError(f"reduction must be 'mean', 'sum', 'none' or 'batchmean', got {reduction!r}")
         if mode not in MODES:
             raise ParameterError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
-        py = py_names(self.ir)  # a parameter `lambda` is the keyword `lambda_` of the generated class
+        py = self._py_names  # a parameter `lambda` is the keyword `lambda_` of the generated class
         module = self.module_class()(**{py[k]: v for k, v in params.items()}, reduction=reduction, validate=validate)
         return build_mode(mode, self, module)
 
@@ -251,6 +256,7 @@ def _lower_fresh(d: s.LossDef, defs: list[s.LossDef]) -> Loss:
     with contextlib.suppress(LossError):
         loss.to_source()  # generated now so that the cache entry holds it
         loss.axis_keywords()
+        _ = loss._py_names
     return loss
 
 
