@@ -34,6 +34,8 @@ from lossdsl.api import Loss
 
 SIZES = {"small": 1 << 12, "large": 1 << 22}
 MODES = ("eager", "fused", "compiled")
+RECOMPUTE = "masks"  # compiled.build's recompute policy, set by --recompute (one per process: Dynamo shares
+# compiled code between modules of one class, so two policies in one process would mix)
 SWEEP = ("mse_loss", "sigmoid_focal_loss", "cross_entropy")
 
 
@@ -56,7 +58,7 @@ def variants(loss: Loss, case: Case, modes: tuple[str, ...], dynamic: bool) -> d
     for mode in modes:
         try:
             if mode == "compiled":
-                out[mode] = compiled.build(loss, loss.compile(**case.params), dynamic=dynamic)
+                out[mode] = compiled.build(loss, loss.compile(**case.params), dynamic=dynamic, recompute=RECOMPUTE)
             else:
                 out[mode] = loss.compile(mode=mode, **case.params)
         except Exception as err:  # a mode still being built must not stop the benchmark
@@ -148,7 +150,9 @@ def sweep(losses: dict[str, Loss], device: torch.device, dtype: torch.dtype) -> 
 STARTUP = """
 import sys, time
 t0 = time.perf_counter()
-import torch, lossdsl
+import torch
+tt = time.perf_counter()
+import lossdsl
 from lossdsl import api
 from lossdsl.api import STDLIB_DIR
 fresh = api._lower_fresh
@@ -162,7 +166,7 @@ for path in sorted(STDLIB_DIR.glob("*.loss")):
             loss.axis_keywords(), 3))
         count += 1
 t2 = time.perf_counter()
-print(f"{count} {t1 - t0:.3f} {t2 - t1:.3f} {len(misses)}")
+print(f"{count} {t1 - tt:.3f} {t2 - t1:.3f} {len(misses)} {tt - t0:.3f}")
 """
 
 FIRST_CALL = """
@@ -188,7 +192,8 @@ def startup(keep_inductor: bool) -> None:
             out = subprocess.run([sys.executable, "-c", STARTUP], env=env, capture_output=True, text=True,
                                  check=True).stdout.split()
             print(f"  stdlib, eager, {label:4}: {out[0]} losses to nn.Modules in {float(out[2]):.2f} s, "
-                  f"{out[3]} lowered afresh (imports {float(out[1]):.2f} s, not included)")
+                  f"{out[3]} lowered afresh (not included: import lossdsl {float(out[1]):.2f} s, "
+                  f"import torch {float(out[4]):.2f} s)")
         if "sigmoid_focal_loss" not in stdlib_losses():
             return
         inductor = {} if keep_inductor else {"TORCHINDUCTOR_CACHE_DIR": str(Path(tmp) / "inductor")}
@@ -212,7 +217,11 @@ def main() -> None:
     ap.add_argument("--skip-startup", action="store_true")
     ap.add_argument("--keep-inductor-cache", action="store_true",
                     help="measure compiled cold/warm with torch's own Inductor cache dir instead of a fresh one")
+    ap.add_argument("--recompute", default="masks", choices=tuple(compiled.POLICIES),
+                    help="what compiled mode's backward recomputes instead of saving (lossdsl.compiled.POLICIES)")
     args = ap.parse_args()
+    global RECOMPUTE
+    RECOMPUTE = args.recompute
     torch._dynamo.config.recompile_limit = 64
     if args.threads:
         torch.set_num_threads(args.threads)

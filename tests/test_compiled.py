@@ -43,6 +43,50 @@ def test_only_the_first_call_per_signature_is_timed() -> None:
                                                       compiled.signature((torch.zeros(4),), {})]
 
 
+def test_first_call_compiles_under_the_recompute_policy() -> None:
+    """The joint graph is partitioned during the first call per signature: only that call runs under the
+    policy's config patches."""
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    def state() -> tuple:
+        post = inductor_config.joint_custom_post_pass
+        return functorch_config.activation_memory_budget, type(post).__name__ if post else None
+
+    default = state()
+    for policy, expected in (("masks", (default[0], "RecomputeMasks")), ("all", (0.0, default[1])),
+                             ("none", default)):
+        module = torch.nn.Module()
+        module.compile_seconds, module.compile_log = 0.0, []
+        seen: list[tuple] = []
+        run = compiled._timed(module, lambda x, seen=seen: seen.append(state()), policy)
+        run(torch.zeros(3))
+        run(torch.zeros(3))
+        assert seen == [expected, default], policy
+
+
+def test_unknown_recompute_policy_is_refused() -> None:
+    loss = lossdsl.parse("(x - y)^2")
+    with pytest.raises(ValueError, match="recompute must be one of"):
+        compiled.build(loss, loss.compile(), recompute="some")
+
+
+def test_recompute_masks_tags_bool_nodes_only() -> None:
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    def huber(x: torch.Tensor) -> torch.Tensor:
+        e = x.abs()
+        return torch.where(e < 1, 0.5 * e * e, e - 0.5).sum()
+
+    gm = make_fx(huber)(torch.randn(8))
+    compiled.RecomputeMasks()(gm.graph)
+    tagged = {n.name for n in gm.graph.nodes if n.meta.get("recompute") == CheckpointPolicy.MUST_RECOMPUTE}
+    bools = {n.name for n in gm.graph.nodes if getattr(n.meta.get("val"), "dtype", None) == torch.bool}
+    assert tagged == bools and len(bools) == 1
+    assert compiled.RecomputeMasks().uuid() == compiled.RecomputeMasks().uuid()
+
+
 @pytest.mark.slow
 def test_compiled_matches_eager_values_and_gradients() -> None:
     """One torch.compile (forward + backward): ~10-25 s on 2 cores with a cold Inductor cache."""
