@@ -217,12 +217,12 @@ class Deriver:
             return
         # every tensor value is real: SymPy must not see an opaque x[n] (|u - x[n]| would bring in re(x[n]))
         dummies = {a: sp.Dummy(f"a{k}", real=True) for k, a in enumerate(tensor_atoms(e))}
-        flat = e.xreplace(dummies)
+        flat = e.xreplace(dummies).replace(sp.Abs, RealAbs)
         back = {d: a for a, d in dummies.items()}
         outer = [i for i in free_indices(e) if i != ELLIPSIS]
         for a in atoms:
             d = dummies[a]
-            part = _clean(sp.diff(flat, d)).xreplace(back)
+            part = _clean(sp.diff(flat, d)).replace(RealAbs, sp.Abs).xreplace(back)
             if part == 0:
                 continue
             own = set(free_indices(a))
@@ -301,6 +301,14 @@ def children(d: Deriver, atom: sp.Basic) -> list[sp.Basic]:
     if isinstance(atom, (ir._Reduction, ir._Normaliser, ir.At)):
         return d.atoms(atom.args[0])
     return []
+
+
+class RealAbs(sp.Function):
+    """|u| differentiated as torch does, sign(u) u', whatever SymPy can prove about u: for |z^1.5| it cannot
+    prove z^1.5 real and its d|f| brings in re(f), im(f), which no tensor has."""
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        return sp.sign(self.args[0])
 
 
 def _sum(body: sp.Expr, indices: list[sp.Symbol]) -> sp.Expr:
