@@ -33,6 +33,11 @@ from lossdsl import compiled
 from lossdsl.api import Loss
 
 SIZES = {"small": 1 << 12, "large": 1 << 22}
+
+
+def elements(size: str) -> int:
+    """A size name of SIZES, or an element count such as 1e8 (the GPU target's size)."""
+    return SIZES[size] if size in SIZES else int(float(size))
 MODES = ("eager", "fused", "compiled")
 RECOMPUTE = "masks"  # compiled.build's recompute policy, set by --recompute (one per process: Dynamo shares
 # compiled code between modules of one class, so two policies in one process would mix)
@@ -76,11 +81,11 @@ def agree(fns: dict[str, Callable], inputs: tuple) -> str:
 def bench_row(name: str, loss: Loss, size: str, device: torch.device, dtype: torch.dtype,
               modes: tuple[str, ...]) -> dict | None:
     case = CASES[name]
-    inputs = case.make(SIZES[size], device, dtype)
+    inputs = case.make(elements(size), device, dtype)
     fns = variants(loss, case, modes, dynamic=False)
     row: dict = {"name": name, "size": size, "check": "", "t": {}, "mem": {}, "noise": 0.0, "compile": None}
     runs = {key: step(fn, inputs) for key, fn in fns.items()}
-    for key, timing in time_steps(runs, device, budget=0.5 if size == "large" else 0.2).items():
+    for key, timing in time_steps(runs, device, budget=0.5 if elements(size) >= SIZES["large"] else 0.2).items():
         row["t"][key] = timing.median
         row["noise"] = max(row["noise"], timing.spread)
         if timing.median < SLOW:
@@ -208,7 +213,7 @@ def startup(keep_inductor: bool) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", help="comma-separated loss names")
-    ap.add_argument("--sizes", default="small,large")
+    ap.add_argument("--sizes", default="small,large", help="small, large or element counts (1e8)")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -18,12 +18,16 @@ AOTAutograd on the first backward call, which `compile_seconds` does not include
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib
 import inspect
 import time
+import types
+import warnings
 from collections.abc import Callable, Iterator
 
+import sympy as sp
 import torch
 import torch._functorch.config
 import torch._inductor.config
@@ -41,7 +45,7 @@ def base_module(loss, module: torch.nn.Module) -> torch.nn.Module:
 
 
 def build(loss, module: torch.nn.Module, *, dynamic: bool | None = None, fused: bool = False,
-          recompute: str = "masks") -> torch.nn.Module:
+          recompute: str = "masks", specialize: bool = True) -> torch.nn.Module:
     """The mode hook: compiles `module` (or, with fused=True, its fused form) in place and returns it.
 
     fused defaults to False because measured: fused mode's backward builds its gradient class on the first
@@ -49,17 +53,80 @@ def build(loss, module: torch.nn.Module, *, dynamic: bool | None = None, fused: 
     forward is then 2.4x faster (sigmoid focal, 4M elements, CPU). The option stays for when it traces.
 
     recompute picks what the backward recomputes instead of saving (see POLICIES): "masks" (default),
-    "all" or "none"."""
+    "all" or "none". specialize compiles a forward with the scalar parameters' values written in (see
+    Specializer); it follows their buffers, so a changed value recompiles rather than goes stale."""
     if recompute not in POLICIES:
         raise ValueError(f"recompute must be one of {', '.join(map(repr, POLICIES))}, got {recompute!r}")
     eager_class = type(module)
     base = base_module(loss, module) if fused else module
+    spec = Specializer(loss, base) if specialize and type(base) is eager_class else None
     base.compile(dynamic=dynamic)
-    base._compiled_call_impl = _timed(base, base._compiled_call_impl, recompute)
+    base._compiled_call_impl = _timed(base, base._compiled_call_impl, recompute, spec)
     base.compile_seconds = 0.0
     base.compile_log = []
-    base.compile_options = {"dynamic": dynamic, "fused": type(base) is not eager_class, "recompute": recompute}
+    base.compile_options = {"dynamic": dynamic, "fused": type(base) is not eager_class, "recompute": recompute,
+                            "specialized": sorted(spec.names) if spec else []}
     return base
+
+
+class Specializer:
+    """Gives the module a forward generated with its scalar float parameters as numbers.
+
+    Why: a parameter is a 0-dim buffer, so `(1 - pt) ** gamma` is pow(tensor, tensor), which neither eager
+    torch nor Inductor specialises; with gamma = 2.0 written in, it is a multiply (sigmoid focal, 4M float32,
+    CPU, forward + backward: 64 ms -> 24 ms compiled; textbook 93 ms), and `alpha >= 0` branches fold away.
+    Only the compiled call uses it, with the module's own class, buffers and state_dict. Each call compares
+    the buffers' identity and version counter with those written in (no device sync): an in-place change,
+    load_state_dict or .to(device) makes a new forward, which Dynamo compiles afresh."""
+
+    def __init__(self, loss, module: torch.nn.Module) -> None:
+        self.loss, self.module = loss, module
+        py = getattr(loss, "_py_names", None) or {}
+        self.names = {p.name: py.get(p.name, p.name) for p in loss.parameters if p.type is None and not p.axes
+                      and self._scalar(module, py.get(p.name, p.name))}
+        self.state: tuple = ()
+
+    @staticmethod
+    def _scalar(module: torch.nn.Module, attr: str) -> bool:
+        buf = module._buffers.get(attr)
+        return buf is not None and buf.dim() == 0 and buf.is_floating_point()
+
+    def current(self) -> tuple:
+        bufs = [self.module._buffers[attr] for attr in self.names.values()]
+        return tuple((id(b), b._version) for b in bufs)
+
+    def refresh(self) -> bool:
+        """Installs a forward for the current values when they changed; True when it did."""
+        state = self.current()
+        if not self.names or state == self.state:
+            return False
+        values = {name: float(self.module._buffers[attr]) for name, attr in self.names.items()}
+        try:
+            forward = self.forward_for(values)
+        except Exception as err:  # an optimisation only: the module's own forward stays correct
+            warnings.warn(f"lossdsl: compiled mode runs without specialised parameters ({type(err).__name__}: "
+                          f"{err})", RuntimeWarning, stacklevel=3)
+            self.names = {}
+            return False
+        self.module.forward = types.MethodType(forward, self.module)
+        self.state = state
+        return True
+
+    def forward_for(self, values: dict[str, float]) -> Callable:
+        from .api import _build_class
+        from .codegen import generate
+
+        table = {sp.Symbol(name, real=True): _number(v) for name, v in values.items()}
+        fields = {f.name: getattr(self.loss.ir, f.name) for f in dataclasses.fields(self.loss.ir)}
+        ir = dataclasses.replace(self.loss.ir, **{k: v.xreplace(table) for k, v in fields.items()
+                                                 if isinstance(v, sp.Basic)})
+        name = type(self.module).__name__
+        return _build_class(generate(ir), name).forward
+
+
+def _number(v: float) -> sp.Expr:
+    """2.0 -> Integer 2, so that x**2 is a multiply; any other value as a Float."""
+    return sp.Integer(int(v)) if v.is_integer() else sp.Float(v)
 
 
 class RecomputeMasks(CustomGraphPass):
@@ -116,12 +183,16 @@ def signature(args: tuple, kwargs: dict) -> tuple:
                  for v in values)
 
 
-def _timed(module: torch.nn.Module, call: Callable, recompute: str = "none") -> Callable:
+def _timed(module: torch.nn.Module, call: Callable, recompute: str = "none",
+           spec: Specializer | None = None) -> Callable:
     """Wraps the compiled call so the first call per signature (the compilation) is timed and runs under
-    the recompute policy's config (the joint graph is partitioned during that first call)."""
+    the recompute policy's config (the joint graph is partitioned during that first call); a new
+    specialised forward (changed parameter values) starts the signatures afresh."""
     seen: set[tuple] = set()
 
     def run(*args, **kwargs):
+        if spec is not None and spec.refresh():
+            seen.clear()
         sig = signature(args, kwargs)
         if sig in seen:
             return call(*args, **kwargs)
@@ -135,7 +206,6 @@ def _timed(module: torch.nn.Module, call: Callable, recompute: str = "none") -> 
         return out
 
     return run
-
 
 
 # ---- chunked linear + cross-entropy (the "fused linear cross-entropy" idea)
