@@ -355,7 +355,7 @@ def _guarded(a: sp.Basic, u: sp.Basic) -> bool:
 def _open_poles(e: sp.Basic, u: sp.Basic, ctx: Ctx) -> list[sp.Basic]:
     """The nodes of e with a pole in something built from u that u's bounds let them reach and no guard
     keeps away: inf or NaN (with an infinite derivative) outside the branch's condition on u.
-    log1p(2 sinh(a/2)^2), the log_cosh rule's own form, has none."""
+    The log_cosh rule's own form shifts its denominator 2 + 2w off 0 where that branch is not taken."""
     out = []
     for node in sp.preorder_traversal(e):
         p = _pole(node)
@@ -403,7 +403,8 @@ RULES: list[Rule] = [
          wild(sp.log(1 + sp.exp(A)), softplus), "log(1 + exp(x))", "log(2 + exp(x))"),
     Rule("log1p_exp", "log1p(exp(a))", "softplus(a) = -logsigmoid(-a)", "none",
          wild(ir.log1p(sp.exp(A)), softplus), "log1p(exp(x))", "log1p(exp(x) + 1)"),
-    Rule("log_cosh", "log(cosh(a))", "|a| < 10: log1p(2 sinh(a/2)^2); else |a| + softplus(-2|a|) - log 2",
+    Rule("log_cosh", "log(cosh(a))",
+         "w = expm1(-|a|); |a| < 1: log1p(w^2 / (2 + 2w)); else |a| - log 2 + log1p((1 + w)^2)",
          "none", wild(sp.log(sp.cosh(A)), log_cosh), "log(cosh(x))", "log(cosh(x) + 1)", (-1e4, 1e4)),
     Rule("log_cosh_identity", "a + softplus(-2a) - log 2", "log(cosh(a)), computed as the log_cosh rule's form",
          "the three terms appear together in one sum", r_log_cosh_identity, "x + softplus(-2*x) - log(2)",

@@ -13,7 +13,7 @@ from . import ir
 from .scope import free_indices, rename
 
 LOG_FLOOR = -100  # torch.nn.functional.binary_cross_entropy clamps its logs here
-COSH_SWITCH = 10  # |a| below: log1p(2 sinh(a/2)^2) (no cancellation); above: |a| - log 2 + softplus(-2|a|)
+COSH_SWITCH = 1  # |a| below: log1p(w^2 / (2 + 2w)); above: |a| - log 2 + log1p((1 + w)^2), w = expm1(-|a|)
 
 
 def softplus(z: sp.Expr) -> sp.Expr:
@@ -60,10 +60,17 @@ def shifted(value: sp.Expr, bad: sp.Basic, by: sp.Expr) -> sp.Expr:
 
 
 def log_cosh(a: sp.Expr) -> sp.Expr:
-    near = sp.Abs(a) < COSH_SWITCH
-    small = a * iverson(near)
-    return sp.Piecewise((ir.log1p(2 * sp.sinh(small / 2) ** 2), near),
-                        (sp.Abs(a) + softplus(-2 * sp.Abs(a)) - sp.log(2), True))
+    """log(cosh(a)) from one expm1 and one log1p (the textbook log(cosh) costs two transcendentals and
+    overflows at |a| = 89 in float32). With w = expm1(-|a|) in (-1, 0]: cosh(a) - 1 = w^2 / (2 (1 + w)),
+    free of cancellation while 1 + w = exp(-|a|) is far from 0 (|a| < 1), and for |a| >= 1 the value is
+    |a| - log 2 + log1p(exp(-2|a|)) with exp(-2|a|) = (1 + w)^2, whose rounding there is far below
+    ulp(|a| - log 2). Both branches read the same w, so one where picks the log1p argument; the
+    denominator is shifted off 0 where its branch is not taken, keeping that branch's gradient finite."""
+    mag = sp.Abs(a)
+    near = mag < COSH_SWITCH
+    w = ir.expm1(-mag)
+    inner = sp.Piecewise((w ** 2 / shifted(2 + 2 * w, sp.Not(near), 1), near), ((1 + w) ** 2, True))
+    return ir.log1p(inner) + sp.Piecewise((0, near), (mag - sp.log(2), True))
 
 
 def clamped_log(p: sp.Expr, complement: bool) -> sp.Expr:

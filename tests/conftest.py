@@ -1,4 +1,8 @@
-"""Shared test helpers: float64 by default, deterministic seeds, and the LANGUAGE.md examples verbatim."""
+"""Shared test helpers: float64 by default, deterministic seeds, and the LANGUAGE.md examples verbatim.
+
+Hypothesis runs derandomized by default, so the suite (and CI) tests the same examples every time; new
+inputs are searched with `pytest --hypothesis-profile=explore`, and what that finds is pinned with
+@example in the test it broke."""
 
 from __future__ import annotations
 
@@ -6,6 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
+
+settings.register_profile("deterministic", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile("deterministic")
 
 LANGUAGE_MD = Path(__file__).resolve().parents[2] / "shared" / "LANGUAGE.md"
 

@@ -114,6 +114,7 @@ def test_cross_entropy_with_class_weights_and_ignored_labels():
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(formulas())
 @example("loss random(x[n, c], z[n, c]: positive, w[n], y[n]: index(c)):\n    sum_c(sin(|z^1.5|))")
+@example("loss random(x[n, c], z[n, c]: positive, w[n], y[n]: index(c)):\n    max_c((sin(x)) - ((x[n, y]) + (w)))")
 def test_random_formulas_match_autograd(text):
     assert_matches_autograd(lossdsl.parse(text))
 
