@@ -52,6 +52,21 @@ def _numel(shape):
     for s in shape:
         n *= s
     return n
+
+
+def _outside(x, lo, hi, hi_open=False):
+    """Whether a value of x lies outside [lo, hi] (or [lo, hi)); NaN counts as inside, as in plain
+    comparisons. One aminmax pass decides the common case: the two comparisons, the or and the any it
+    replaces read and write as much as a whole segmentation loss (Dice 4M f32: 6.3 -> 4.5 ms with none)."""
+    if x.numel() == 0:
+        return False
+    low, high = torch.aminmax(x)
+    bad = (low < lo) | ((high >= hi) if hi_open else (high > hi))
+    if x.is_floating_point():
+        bad = bad | low.isnan()
+    if not bad:
+        return False
+    return ((x < lo) | ((x >= hi) if hi_open else (x > hi))).any()
 '''
 
 
@@ -316,13 +331,13 @@ class SourceBuilder:
         w = self.lines.append
         n = self.py[i.name]
         if i.kind == "prob":
-            w(f"if self.validate and (({n} < 0) | ({n} > 1)).any():")
+            w(f"if self.validate and _outside({n}, 0, 1):")
             w(f"    raise self.error(\"input '{i.name}' is a probability but has values outside [0, 1]\")")
         if i.kind == "index" and i.axes is not None:
             size = self.size_var(i.kind_arg)
             sent = self.loss.sentinels.get(i.name, [])
             allowed = " & ".join(f"({n} != {self.value_code(x)})" for x in sent)
-            w("if self.validate:")
+            w(f"if self.validate and _outside({n}, 0, {size}, hi_open=True):")
             w(f"    _bad = (({n} < 0) | ({n} >= {size}))" + (f" & {allowed}" if allowed else ""))
             w("    if _bad.any():")
             w(f"        raise self.error(f\"input '{i.name}' holds class index {{int({n}[_bad][0])}} outside "

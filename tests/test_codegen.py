@@ -117,3 +117,35 @@ def test_user_names_that_are_keywords_or_generated_names_work_and_keep_their_nam
         module(xs[0], torch.rand(3, dtype=torch.float64), *xs[2:])
     with pytest.raises(lossdsl.UnknownNameError, match="did you mean 'lambda'"):
         lossdsl.compile(NAME_CLASHES, lambd=1.0)
+
+
+@pytest.mark.parametrize("values, bad", [
+    ([0.0, 1.0, 0.5], False), ([], False), ([float("nan"), 0.2], False),  # NaN: as plain comparisons say
+    ([float("nan"), 1.5], True), ([0.2, 1.0000001], True), ([-1e-30, 0.5], True), ([float("inf")], True),
+])
+def test_probability_range_check(values: list[float], bad: bool) -> None:
+    """The generated one-pass check (_outside: aminmax, then the exact test only when it flags) against the
+    rule it implements: a prob input with any value outside [0, 1] is refused, NaN is not judged."""
+    module = lossdsl.compile("loss l(p: prob):\n    p\n", reduction="sum")
+    p = torch.tensor(values, dtype=torch.float64)
+    if bad:
+        with pytest.raises(lossdsl.InputError, match=r"'p' is a probability but has values outside \[0, 1\]"):
+            module(p)
+    else:
+        module(p)
+
+
+@pytest.mark.parametrize("target, message", [
+    ([0, 2, 1], None), ([-100, 0, 2], None), ([], None),
+    ([3, 0], "class index 3 outside"), ([-100, -1], "class index -1 outside"), ([0, -7], "class index -7")])
+def test_class_index_range_check(target: list[int], message: str | None) -> None:
+    """Indices in [0, c) pass the one-pass check; the ignore_index sentinel falls to the exact test, which
+    lets it through and names the first bad index."""
+    module = lossdsl.stdlib.nll_loss(reduction="sum")
+    x = torch.randn(len(target), 3, dtype=torch.float64)
+    y = torch.tensor(target, dtype=torch.long)
+    if message is None:
+        module(x, y)
+    else:
+        with pytest.raises(lossdsl.InputError, match=message):
+            module(x, y)

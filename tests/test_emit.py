@@ -150,3 +150,45 @@ def test_pairwise_similarity_lowers_to_one_einsum() -> None:
     a, b = X(5, 3), torch.randn(5, 3, dtype=D)
     out = lossdsl.compile(src, reduction="none")(a, b)
     assert_close(out, F.cross_entropy(a @ b.T, torch.arange(5), reduction="none"))
+
+
+class _Calls(torch.overrides.TorchFunctionMode):
+    """Counts the torch functions a forward + backward runs, by name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.append(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("use_sigmoid, use_softmax, sigmoids, softmaxes",
+                         [(False, False, 0, 0), (True, False, 1, 0), (False, True, 0, 1), (True, True, 1, 0)])
+def test_branches_chosen_by_parameters_run_only_when_taken(use_sigmoid, use_softmax, sigmoids, softmaxes) -> None:
+    """dice_loss's `q = sigmoid(p) if use_sigmoid else (softmax_c(p) if use_softmax else p)`: the branch not
+    taken is not computed, and the one taken once although q appears twice (in q^2 and q g)."""
+    p = torch.rand(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    g = (torch.rand(2, 3, 4, 4) > 0.5).double()
+    module = lossdsl.stdlib.dice_loss(use_sigmoid=use_sigmoid, use_softmax=use_softmax)
+    with _Calls() as calls:
+        out = module(p, g)
+    assert calls.names.count("sigmoid") == sigmoids and calls.names.count("softmax") == softmaxes
+    q = torch.sigmoid(p) if use_sigmoid else (torch.softmax(p, dim=1) if use_softmax else p)
+    num, den = 2 * (q * g).sum(dim=(2, 3)) + 1e-5, (q * q).sum(dim=(2, 3)) + (g * g).sum(dim=(2, 3)) + 1e-5
+    ref = (1 - num / den).mean()
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=0)
+    torch.testing.assert_close(torch.autograd.grad(out, p)[0], torch.autograd.grad(ref, p)[0], rtol=1e-10, atol=1e-14)
+
+
+def test_branch_with_a_call_check_stays_correct_when_emitted_eagerly() -> None:
+    """A branch whose code checks a call's result shape cannot be guarded line by line: it is emitted as
+    before (both branches computed), with the right value for either flag."""
+    src = "loss l(x[n, d], f: fn; scaled: bool = false):\n    (2 * f(x)[n, k] if scaled else x) ^ 2"
+    f = torch.nn.Linear(3, 3).double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    for scaled in (False, True):
+        out = lossdsl.compile(src, reduction="sum", scaled=scaled)(x, f)
+        ref = ((2 * f(x)) ** 2).sum() if scaled else (x ** 2).sum()
+        torch.testing.assert_close(out, ref)
