@@ -264,7 +264,8 @@ class SourceBuilder:
         cmp = ">=" if groups else "=="
         w(f"if not {n}.dim() {cmp} {fixed}:")
         need = f"at least {fixed}" if groups else str(fixed)
-        w(f"    raise self.error(f\"input '{i.name}' needs {need} dimensions ({desc}), got {{{n}.dim()}} "
+        noun = "dimension" if fixed == 1 else "dimensions"
+        w(f"    raise self.error(f\"input '{i.name}' needs {need} {noun} ({desc}), got {{{n}.dim()}} "
           f"(shape {{tuple({n}.shape)}})\")")
         g_at = i.axes.index(groups[0]) if groups else None
         shape_expr = []

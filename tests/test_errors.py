@@ -80,6 +80,7 @@ RUNTIME = "loss a(x[n, c], y[n]: index(c), p[n]: prob):\n    x[n, y] * p"
     ((torch.zeros(3, 4), torch.tensor([0, -1, 2]), torch.zeros(3)), "class index -1 outside [0, 4)"),
     ((torch.zeros(3, 4), torch.tensor([0, 1, 2]), torch.tensor([0, 2.0, 0])), "'p' is a probability"),
     ((torch.zeros(3, 4, 1), torch.tensor([0, 1, 2]), torch.zeros(3)), "'x' needs 2 dimensions (n, c), got 3"),
+    ((torch.zeros(3, 4), torch.tensor([0, 1, 2]), torch.zeros(3, 1)), "'p' needs 1 dimension (n), got 2"),
     ((torch.zeros(3, 4), torch.tensor([0.0, 1, 2]), torch.zeros(3)), "must be an integer tensor"),
 ])
 def test_runtime_input_errors_name_the_input_and_axis(args: tuple, fragment: str) -> None:
