@@ -369,7 +369,7 @@ class Emitter:
         for n in range(start, len(self.lines)):
             if n not in self.guarded:
                 name, code = self.lines[n].split(" = ", 1)
-                self.lines[n] = f"{name} = ({code}) if {' and '.join(chain)} else None"
+                self.lines[n] = f"{name} = {_paren(code)} if {' and '.join(chain)} else None"
                 self.guarded.add(n)
         self.branch_memo.setdefault(chain, {}).update(
             {k: v for k, v in self.memo.items() if k not in saved["memo"]})
