@@ -283,12 +283,7 @@ class Emitter:
 
     # ---- conditions
     def compare(self, e: sp.Basic) -> V:
-        """A negated right side is compared unnegated, both sides flipped: SymPy's canonical form of the argmax
-        mask [b == max(b)] is [-b == -max(b)] when b has more minus signs than plus, and -b as emitted sums
-        its terms in another order than b, so rounding would miss the tie. Negation is exact: x == y
-        exactly when -x == -y (and x < y when -x > -y)."""
-        if not e.rhs.is_number and e.rhs.could_extract_minus_sign():
-            e = e.reversed.func(-e.lhs, -e.rhs, evaluate=False)
+        e = ir.unnegated(e)  # exact ties for argmax masks
         op = COMPARE[type(e)]
         return self.combine([self.emit(e.lhs), self.emit(e.rhs)], lambda c: f"{_paren(c[0])} {op} {_paren(c[1])}")
 

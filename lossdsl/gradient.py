@@ -147,11 +147,14 @@ class _StrIR(StrPrinter):
         return out
 
     def _print_Relational(self, e):
-        op = {"==": "==", "!=": "!="}.get(e.rel_op, e.rel_op)
-        return f"{self._print(e.lhs)} {op} {self._print(e.rhs)}"
+        e = ir.unnegated(e)
+        return f"{self._print(e.lhs)} {e.rel_op} {self._print(e.rhs)}"
 
 
 class _LatexIR(LatexPrinter):
+    def _print_Relational(self, e):
+        return super()._print_Relational(ir.unnegated(e))
+
     def _print_Piecewise(self, e):
         if len(e.args) == 2 and e.args[0].expr == 1 and e.args[1].expr == 0:
             return rf"\left[{self._print(e.args[0].cond)}\right]"

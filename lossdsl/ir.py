@@ -236,6 +236,18 @@ def is_index(e: sp.Basic) -> bool:
     return isinstance(e, sp.Symbol) and e.is_integer is True and e.is_nonnegative is True
 
 
+def unnegated(rel: sp.Basic) -> sp.Basic:
+    """rel with both sides negated (and the order flipped) when its right side carries a minus sign.
+
+    SymPy's canonical form of the argmax mask [b == max(b)] is [-b == -max(b)] when b has more minus signs
+    than plus. Emitted as is, -b sums its terms in another order than b, so rounding would miss the tie
+    (a 0/0 gradient); printed as is, it hides the mask's meaning. Negation is exact: x == y exactly when
+    -x == -y, and x < y when -x > -y."""
+    if rel.rhs.is_number or not rel.rhs.could_extract_minus_sign():
+        return rel
+    return rel.reversed.func(-rel.lhs, -rel.rhs, evaluate=False)
+
+
 @dataclass
 class Input:
     name: str

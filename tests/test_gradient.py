@@ -271,3 +271,16 @@ STDLIB_SIZES = {"box_iou_loss": {"k": 4}, "ctc_loss": {"t": 6, "n": 2, "c": 4, "
 _CTC = {"targets": torch.tensor([[1, 2], [3, 3]]), "input_lengths": torch.tensor([6, 5]),
         "target_lengths": torch.tensor([2, 1])}
 STDLIB_INPUTS = {"ctc_loss": _CTC, "ctc_loss_mean": _CTC}
+
+
+def test_argmax_mask_reads_as_written_and_finds_its_ties() -> None:
+    """SymPy stores [b == max_c b] as [-b == -max_c b] when b has more minus signs than plus; the text and
+    LaTeX show it unnegated, and the generated gradient compares b itself (a re-summed -b missed the tie:
+    a 0/0 NaN gradient that hypothesis found)."""
+    text = "loss r(x[n, c], w[n], y[n]: index(c)):\n    max_c(sin(x) - x[n, y] - w)"
+    loss = lossdsl.parse(text)
+    g = loss.grad("x")
+    body = "sin(x[n, c]) - w[n] - x[n, y[n]]"
+    assert f"[{body} == max_{{c}}({body})]" in str(g)
+    assert r"\left[\sin{\left({x}_{n,c} \right)} - {w}_{n}" in g.latex()
+    assert_matches_autograd(loss)
