@@ -72,6 +72,7 @@ class Emitter:
         self.is_bound = is_bound  # whether an axis size is already known (else a call's result fixes it)
         self.memo: dict[sp.Basic, V] = {}
         self.calls: dict[str, V] = {}  # normaliser calls by code: the memo misses renamed indices
+        self.exponents: dict[str, V] = {}  # parameters read as Python numbers in exponents and conditions
         self.guards: tuple[str, ...] | None = ()  # the Python conditions of the branch emitted (None: eager)
         self.guarded: set[int] = set()  # lines already computed under their branch's guards
         self.branch_memo: dict[tuple[str, ...], dict[sp.Basic, V]] = {}  # the memo of each guarded branch
@@ -245,6 +246,8 @@ class Emitter:
         if exp == -1:
             return self.unary("torch.reciprocal", self.emit(base))
         b, x = self.emit(base), self.emit(exp)
+        if b.is_tensor and isinstance(exp, sp.Symbol) and exp.name in self.exponents:
+            x = self.exponents[exp.name]  # a Python number at run time (codegen._host)
         if not b.is_tensor and not x.is_tensor:
             return V(f"({b.code} ** {x.code})", kind="num")
         if not b.is_tensor:
@@ -316,6 +319,10 @@ class Emitter:
         pieces = list(e.args)
         if len(pieces) == 2 and pieces[0].expr == 1 and pieces[1].expr == 0 and pieces[1].cond == sp.true:
             return self.logic_to_float(self.emit(pieces[0].cond))
+        host = self.host_condition(pieces[0].cond) if len(pieces) == 2 else None
+        if host is not None:
+            a, b = self.emit(pieces[0].expr), self.emit(pieces[1].expr)
+            return self.combine([a, b], lambda c: f"_where({host}, {c[0]}, {c[1]}, _dt, _dev)")
         conds = [self.emit(piece.cond) for piece in pieces[:-1]]
         if conds and not any(c.is_tensor for c in conds):
             return self.python_branches(pieces, [c.code for c in conds])
@@ -324,6 +331,21 @@ class Emitter:
             cond, then = self.emit(piece.cond), self.emit(piece.expr)
             acc = self.where(cond, then, acc)
         return acc
+
+    def host_condition(self, cond: sp.Basic) -> str | None:
+        """Code for a comparison of parameters read as Python numbers (self.exponents) with numbers, else
+        None: a Python bool at run time, or a tensor when a parameter is given per element (codegen._host)."""
+        if not isinstance(cond, sp.core.relational.Relational) or not cond.free_symbols:
+            return None
+        sides = []
+        for side in (cond.lhs, cond.rhs):
+            if side.is_number:
+                sides.append(_literal(side))
+            elif isinstance(side, sp.Symbol) and side.name in self.exponents:
+                sides.append(self.exponents[side.name].code)
+            else:
+                return None
+        return f"({sides[0]} {COMPARE[type(cond)]} {sides[1]})"
 
     def python_branches(self, pieces: list, conds: list[str]) -> V:
         """A choice made by Python values (a bool or int parameter, a size): only the branch taken runs.

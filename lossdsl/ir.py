@@ -14,6 +14,7 @@ passes and the code generator understand structurally:
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 
@@ -234,6 +235,22 @@ def index_symbol(name: str) -> sp.Symbol:
 
 def is_index(e: sp.Basic) -> bool:
     return isinstance(e, sp.Symbol) and e.is_integer is True and e.is_nonnegative is True
+
+
+def exponent_symbols(loss: LossIR) -> set[sp.Basic]:
+    """The symbols that appear in the exponent of a power anywhere in the loss."""
+    exprs = [v for f in dataclasses.fields(loss) if isinstance(v := getattr(loss, f.name), sp.Basic)]
+    return {s for e in exprs for node in sp.preorder_traversal(e) if isinstance(node, sp.Pow)
+            for s in node.exp.free_symbols}
+
+
+def parameter_condition_symbols(loss: LossIR) -> set[sp.Basic]:
+    """The symbols of comparisons between scalar parameters and numbers alone (`alpha >= 0`)."""
+    params = {sp.Symbol(p.name, real=True) for p in loss.params if p.type is None and not p.axes}
+    exprs = [v for f in dataclasses.fields(loss) if isinstance(v := getattr(loss, f.name), sp.Basic)]
+    return {s for e in exprs for node in sp.preorder_traversal(e)
+            if isinstance(node, sp.core.relational.Relational) and node.free_symbols <= params
+            for s in node.free_symbols}
 
 
 def unnegated(rel: sp.Basic) -> sp.Basic:
