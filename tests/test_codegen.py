@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import lossdsl
 from tests.test_api import EXAMPLES, FOCAL
@@ -149,3 +150,65 @@ def test_class_index_range_check(target: list[int], message: str | None) -> None
     else:
         with pytest.raises(lossdsl.InputError, match=message):
             module(x, y)
+
+
+def _focal_reference(x: torch.Tensor, y: torch.Tensor, alpha, gamma) -> torch.Tensor:
+    p = torch.sigmoid(x)
+    p_t = p * y + (1 - p) * (1 - y)
+    ce = F.binary_cross_entropy_with_logits(x, y, reduction="none")
+    loss = ce * (1 - p_t) ** gamma
+    if not isinstance(alpha, torch.Tensor) and alpha < 0:
+        return loss.mean()
+    return ((alpha * y + (1 - alpha) * (1 - y)) * loss).mean()
+
+
+class _Calls(torch.overrides.TorchFunctionMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, tuple]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls.append((getattr(func, "__name__", str(func)), args))
+        return func(*args, **(kwargs or {}))
+
+
+def test_scalar_parameters_are_python_numbers_in_exponents_and_conditions() -> None:
+    """sigmoid focal's (1 - p_t)^gamma runs as pow(tensor, 2.0) and `alpha >= 0` selects without a where."""
+    x = torch.randn(64, dtype=torch.float64, requires_grad=True)
+    y = (torch.rand(64) > 0.5).double()
+    module = lossdsl.stdlib.sigmoid_focal_loss()
+    with _Calls() as seen:
+        out = module(x, y)
+    names = [n for n, _ in seen.calls]
+    assert "where" not in names
+    pows = [args for n, args in seen.calls if n in ("pow", "__pow__")]
+    assert pows and all(isinstance(a[1], float) and a[1] == 2.0 for a in pows)
+    ref = _focal_reference(x, y, 0.25, 2.0)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(torch.autograd.grad(out, x)[0], torch.autograd.grad(ref, x)[0])
+
+
+def test_python_numbers_follow_their_buffers() -> None:
+    """Changed in place, replaced, moved to another dtype, given per element or requiring grad: the value
+    used is always the buffer's current one."""
+    x = torch.randn(32, dtype=torch.float64)
+    y = (torch.rand(32) > 0.5).double()
+    module = lossdsl.stdlib.sigmoid_focal_loss()
+    module(x, y)
+    module.gamma.fill_(3.0)  # in place: the version counter moves
+    torch.testing.assert_close(module(x, y), _focal_reference(x, y, 0.25, 3.0))
+    module.gamma = torch.tensor(0.5, dtype=torch.float64)  # another tensor
+    torch.testing.assert_close(module(x, y), _focal_reference(x, y, 0.25, 0.5))
+    module.alpha = torch.tensor(-1.0, dtype=torch.float64)  # the condition flips: no weighting
+    torch.testing.assert_close(module(x, y), _focal_reference(x, y, -1.0, 0.5))
+    alpha = torch.linspace(0.1, 0.9, 32, dtype=torch.float64)  # per element: the tensor path
+    module.alpha = alpha
+    torch.testing.assert_close(module(x, y), _focal_reference(x, y, alpha, 0.5))
+    module.alpha = torch.tensor(0.25, dtype=torch.float64)
+    half = module.float()
+    torch.testing.assert_close(half(x.float(), y.float()), _focal_reference(x, y, 0.25, 0.5).float())
+    gamma = torch.tensor(2.0, requires_grad=True)  # a buffer swapped for a leaf: its gradient flows
+    out = torch.func.functional_call(half, {"gamma": gamma}, (x.float(), y.float()))
+    (g,) = torch.autograd.grad(out, gamma)
+    g_ref = torch.autograd.grad(_focal_reference(x.float(), y.float(), 0.25, gamma), gamma)[0]
+    torch.testing.assert_close(g, g_ref)
