@@ -84,6 +84,17 @@ def _where(cond, a, b, dtype, device):
     return torch.as_tensor(a if cond else b, dtype=dtype, device=device).expand(shape)
 
 
+def _along(fn, x, dim):
+    """fn(x, dim=dim) computed along the last dim when every dim after `dim` has size 1 (a *group of rank 0):
+    torch's softmax kernels along an inner dim are scalar code (log_softmax of 4096 x 1024 x 1, forward +
+    backward: 103 ms; along the last dim: 9.6 ms)."""
+    d = dim % x.dim()
+    if d == x.dim() - 1 or any(s != 1 for s in x.shape[d + 1:]):
+        return fn(x, dim=dim)
+    out = fn(x.movedim(d, -1), dim=-1)
+    return out.movedim(-1, d) if out.dim() == x.dim() else out
+
+
 def _outside(x, lo, hi, hi_open=False):
     """Whether a value of x lies outside [lo, hi] (or [lo, hi)); NaN counts as inside, as in plain
     comparisons. One aminmax pass decides the common case: the two comparisons, the or and the any it

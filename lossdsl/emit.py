@@ -442,8 +442,16 @@ class Emitter:
                 body = self.tmp(call.format(t=body.code, d=self.dims(body, [lab])),
                                 tuple(x for x in body.labels if x != lab), body.ell)
             return body
-        return self.tmp(call.format(t=body.code, d=self.dims(body, idx)),
-                        tuple(x for x in body.labels if x not in idx), body.ell)
+        code = self.call_along(op, body, idx) if op == "logsumexp" else call.format(t=body.code, d=self.dims(body, idx))
+        return self.tmp(code, tuple(x for x in body.labels if x not in idx), body.ell)
+
+    def call_along(self, op: str, v: V, labels: list[str]) -> str:
+        """The torch call of a softmax-like op over one axis; through codegen._along when axes may follow it."""
+        template = NORMALISE_CALL.get(op) or REDUCE_CALL[op]
+        d = self.dims(v, labels)
+        if op == "normalize" or len(labels) != 1 or (v.labels[-1] == labels[0] and not v.ell):
+            return template.format(t=v.code, d=d)
+        return f"_along({template.split('(')[0]}, {v.code}, {d})"
 
     def reduce_all(self, op: str, v: V) -> V:
         if not v.is_tensor:
@@ -516,7 +524,7 @@ class Emitter:
         cancel in the loss (supcon's s[i, j] - logsumexp_k s[i, k]) cancel exactly in the gradient too."""
         lab = str(e.index)
         body = self.expand_to(self.emit(e.body), (lab,))
-        code = NORMALISE_CALL[e.op].format(t=body.code, d=self.dims(body, [lab]))
+        code = self.call_along(e.op, body, [lab])
         seen = self.calls.get(code)
         if seen is None:
             seen = self.calls[code] = self.normalised(e.op, code, body, lab)

@@ -212,3 +212,21 @@ def test_python_numbers_follow_their_buffers() -> None:
     (g,) = torch.autograd.grad(out, gamma)
     g_ref = torch.autograd.grad(_focal_reference(x.float(), y.float(), 0.25, gamma), gamma)[0]
     torch.testing.assert_close(g, g_ref)
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (5, 7, 1), (5, 7, 1, 1), (5, 7, 3), (2, 5, 7, 1)])
+@pytest.mark.parametrize("fn", [torch.log_softmax, torch.softmax, torch.logsumexp])
+def test_along_matches_the_plain_call(shape: tuple, fn) -> None:
+    """_along moves the axis last only when every axis after it has size 1; values and gradients are the
+    plain call's, for positive and negative dims."""
+    namespace: dict = {}
+    exec(compile(lossdsl.codegen.PRELUDE, "<prelude>", "exec"), namespace)  # our own generated prelude
+    along = namespace["_along"]
+    for dim in (1, 1 - len(shape)):
+        x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+        got, want = along(fn, x, dim), fn(x, dim=dim)
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-14)
+        w = torch.randn(want.shape, dtype=torch.float64)
+        torch.testing.assert_close(torch.autograd.grad((got * w).sum(), x)[0],
+                                   torch.autograd.grad((want * w).sum(), x)[0], rtol=1e-12, atol=1e-14)
