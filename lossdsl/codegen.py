@@ -275,7 +275,7 @@ class SourceBuilder:
         known = set(self.bound) | set(self.size_keywords())
         em = Emitter(self.order, self.size_var, names, {i: f"{self.py[i]}_ix" for i in loss.sentinels}, self.lines,
                      lambda label: self.canon(label) in known)
-        em.exponents = self.bind_exponents()
+        em.host_params = self.bind_host_params()
         result = em.emit(loss.expr)
         weight = em.emit(loss.reduce_weight) if loss.reduce_weight is not None else None
         self.finish(em, result, weight)
@@ -405,7 +405,7 @@ class SourceBuilder:
             names[p.name] = self.bind_param(p)
         return names
 
-    def bind_exponents(self) -> dict[str, V]:
+    def bind_host_params(self) -> dict[str, V]:
         """Scalar float parameters that are exponents or decide a condition alone, also read as Python
         numbers (see _host, _where)."""
         exps = ir.exponent_symbols(self.loss) | ir.parameter_condition_symbols(self.loss)

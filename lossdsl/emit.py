@@ -72,7 +72,7 @@ class Emitter:
         self.is_bound = is_bound  # whether an axis size is already known (else a call's result fixes it)
         self.memo: dict[sp.Basic, V] = {}
         self.calls: dict[str, V] = {}  # normaliser calls by code: the memo misses renamed indices
-        self.exponents: dict[str, V] = {}  # parameters read as Python numbers in exponents and conditions
+        self.host_params: dict[str, V] = {}  # parameters read as Python numbers in exponents and conditions
         self.guards: tuple[str, ...] | None = ()  # the Python conditions of the branch emitted (None: eager)
         self.guarded: set[int] = set()  # lines already computed under their branch's guards
         self.branch_memo: dict[tuple[str, ...], dict[sp.Basic, V]] = {}  # the memo of each guarded branch
@@ -246,8 +246,8 @@ class Emitter:
         if exp == -1:
             return self.unary("torch.reciprocal", self.emit(base))
         b, x = self.emit(base), self.emit(exp)
-        if b.is_tensor and isinstance(exp, sp.Symbol) and exp.name in self.exponents:
-            x = self.exponents[exp.name]  # a Python number at run time (codegen._host)
+        if b.is_tensor and isinstance(exp, sp.Symbol) and exp.name in self.host_params:
+            x = self.host_params[exp.name]  # a Python number at run time (codegen._host)
         if not b.is_tensor and not x.is_tensor:
             return V(f"({b.code} ** {x.code})", kind="num")
         if not b.is_tensor:
@@ -333,7 +333,7 @@ class Emitter:
         return acc
 
     def host_condition(self, cond: sp.Basic) -> str | None:
-        """Code for a comparison of parameters read as Python numbers (self.exponents) with numbers, else
+        """Code for a comparison of parameters read as Python numbers (self.host_params) with numbers, else
         None: a Python bool at run time, or a tensor when a parameter is given per element (codegen._host)."""
         if not isinstance(cond, sp.core.relational.Relational) or not cond.free_symbols:
             return None
@@ -341,8 +341,8 @@ class Emitter:
         for side in (cond.lhs, cond.rhs):
             if side.is_number:
                 sides.append(_literal(side))
-            elif isinstance(side, sp.Symbol) and side.name in self.exponents:
-                sides.append(self.exponents[side.name].code)
+            elif isinstance(side, sp.Symbol) and side.name in self.host_params:
+                sides.append(self.host_params[side.name].code)
             else:
                 return None
         return f"({sides[0]} {COMPARE[type(cond)]} {sides[1]})"
@@ -378,20 +378,27 @@ class Emitter:
         if not all(_TEMP_LINE.match(line) for line in self.lines[start:]):
             del self.lines[start:]
             self.restore(saved)
-            self.guards = None
-            try:
-                return self.emit(e)
-            finally:
-                self.guards = saved["guards"]
+            return self.eagerly(e)
+        self.guard_lines(start, chain)
+        added = {k: val for k, val in self.memo.items() if k not in saved["memo"]}
+        self.branch_memo.setdefault(chain, {}).update(added)
+        self.restore({k: saved[k] for k in MEMOS if k in saved})
+        return v
+
+    def eagerly(self, e: sp.Basic) -> V:
+        guards, self.guards = self.guards, None
+        try:
+            return self.emit(e)
+        finally:
+            self.guards = guards
+
+    def guard_lines(self, start: int, chain: tuple[str, ...]) -> None:
+        """`tN = code` from line `start` on becomes `tN = code if <chain> else None` (once per line)."""
         for n in range(start, len(self.lines)):
             if n not in self.guarded:
                 name, code = self.lines[n].split(" = ", 1)
                 self.lines[n] = f"{name} = {_paren(code)} if {' and '.join(chain)} else None"
                 self.guarded.add(n)
-        self.branch_memo.setdefault(chain, {}).update(
-            {k: v for k, v in self.memo.items() if k not in saved["memo"]})
-        self.restore({k: saved[k] for k in MEMOS if k in saved})
-        return v
 
     def snapshot(self) -> dict:
         saved = {k: dict(getattr(self, k)) for k in MEMOS if hasattr(self, k)}
