@@ -97,17 +97,17 @@ def _along(fn, x, dim):
 
 def _outside(x, lo, hi, hi_open=False):
     """Whether a value of x lies outside [lo, hi] (or [lo, hi)); NaN counts as inside, as in plain
-    comparisons. One aminmax pass decides the common case: the two comparisons, the or and the any it
-    replaces read and write as much as a whole segmentation loss (Dice 4M f32: 6.3 -> 4.5 ms with none)."""
+    comparisons. One aminmax pass and one sync decide the common case: the two comparisons, the or and the
+    any it replaces read and write as much as a whole segmentation loss (Dice 4M f32: 6.3 -> 4.5 ms)."""
     if x.numel() == 0:
         return False
     low, high = torch.aminmax(x)
-    bad = (low < lo) | ((high >= hi) if hi_open else (high > hi))
-    if x.is_floating_point():
-        bad = bad | low.isnan()
-    if not bad:
+    if _compiling():  # no Python numbers while tracing: the caller's `if` breaks the graph here
+        return (low < lo) | ((high >= hi) if hi_open else (high > hi))
+    low, high = torch.stack((low, high)).tolist()  # one device sync
+    if low >= lo and (high < hi if hi_open else high <= hi):
         return False
-    return ((x < lo) | ((x >= hi) if hi_open else (x > hi))).any()
+    return bool(((x < lo) | ((x >= hi) if hi_open else (x > hi))).any())
 '''
 
 
