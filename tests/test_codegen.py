@@ -37,9 +37,15 @@ def run_clean(code: str, cwd: Path) -> str:
 
 def test_exported_source_reproduces_the_module_without_lossdsl(tmp_path: Path) -> None:
     losses = lossdsl.load(EXAMPLES + FOCAL)
-    for name in ("cross_entropy", "dice", "info_nce", "focal"):
+    stdlib = ("sigmoid_focal_loss", "label_smoothing_cross_entropy", "dice_loss")  # _where, _along, branches
+    losses.update({name: lossdsl.stdlib.get(name) for name in stdlib})
+    kwargs = {"dice_loss": {"use_sigmoid": True}}
+    for name in ("cross_entropy", "dice", "info_nce", "focal", *stdlib):
         (tmp_path / f"{name}.py").write_text(losses[name].to_source())
     inputs = {
+        "sigmoid_focal_loss": (torch.randn(6, dtype=torch.float64) * 3, (torch.rand(6) > 0.5).double()),
+        "label_smoothing_cross_entropy": (torch.randn(4, 5, dtype=torch.float64), torch.tensor([0, 4, 2, 1])),
+        "dice_loss": (torch.randn(2, 3, 4, 4, dtype=torch.float64), (torch.rand(2, 3, 4, 4) > 0.5).double()),
         "cross_entropy": (torch.randn(4, 3, 2, dtype=torch.float64), torch.tensor([[0, 2], [1, -100], [2, 2], [0, 1]])),
         "dice": (torch.rand(2, 3, 4, 4, dtype=torch.float64), (torch.rand(2, 3, 4, 4) > 0.5).double()),
         "info_nce": (torch.randn(5, 8, dtype=torch.float64), torch.randn(5, 8, dtype=torch.float64)),
@@ -51,13 +57,13 @@ def test_exported_source_reproduces_the_module_without_lossdsl(tmp_path: Path) -
         inputs = torch.load("inputs.pt")
         out = {{}}
         for name, cls in {json.dumps({n: losses[n].class_name for n in inputs})}.items():
-            module = getattr(importlib.import_module(name), cls)()
+            module = getattr(importlib.import_module(name), cls)(**{kwargs!r}.get(name, {{}}))
             out[name] = module(*inputs[name]).item()
         print(json.dumps(out))
     """)
     got = json.loads(run_clean(script, tmp_path))
     for name, args in inputs.items():
-        assert got[name] == losses[name].compile()(*args).item()
+        assert got[name] == losses[name].compile(**kwargs.get(name, {}))(*args).item()
     source = losses["focal"].to_source()
     imports = [line for line in source.splitlines() if line.startswith(("import", "from"))]
     assert imports == ["import torch"]
