@@ -219,9 +219,23 @@ def _fold_outside_tensors(fold):
     the meaning. The structural nodes are opaque: a Piecewise inside one stays there."""
 
     def piecewise_fold(expr, evaluate=True):
-        return expr if isinstance(expr, _Tensor) else fold(expr, evaluate)
+        return expr if isinstance(expr, _Tensor) or not _foldable(expr) else fold(expr, evaluate)
 
     return piecewise_fold
+
+
+def _foldable(expr: sp.Basic) -> bool:
+    """Whether a Piecewise other than expr itself sits outside the opaque tensor nodes. Without one, folding
+    changes nothing, and SymPy's fold would call itself again on its result forever: it sees the Piecewise
+    inside a tensor (normalize's guarded norm of a where) and cannot move it out."""
+    stack = list(expr.args)
+    while stack:
+        e = stack.pop()
+        if isinstance(e, sp.Piecewise):
+            return True
+        if not isinstance(e, _Tensor):
+            stack.extend(e.args)
+    return False
 
 
 _piecewise_module = sys.modules["sympy.functions.elementary.piecewise"]
