@@ -56,11 +56,12 @@ def _numel(shape):
 
 
 def _host(module, name, device, dtype):
-    """A scalar parameter read as a Python number where it is an exponent: pow(x, 2.0) is a multiply whose
-    backward is one more, while pow(x, 0-dim tensor) is a generic pow whose backward also prepares the
-    exponent's gradient (eager sigmoid focal, 4M: most of its time). Read from the buffer only when the buffer
-    is another tensor or was changed in place, so there is no device sync per call. The buffer itself when it
-    is not 0-dim, requires grad, or while torch.compile traces (lossdsl's compiled mode writes values in)."""
+    """A scalar parameter read as a Python number where it is an exponent or decides a condition alone:
+    pow(x, 2.0) is a multiply whose backward is one more, while pow(x, 0-dim tensor) is a generic pow whose
+    backward also prepares the exponent's gradient (eager sigmoid focal, 4M: most of its time), and `_where`
+    picks a branch without a select. Read from the buffer only when the buffer is another tensor or was
+    changed in place, so there is no device sync per call. The buffer itself when it is not 0-dim, requires
+    grad, or while torch.compile traces (lossdsl's compiled mode writes values in)."""
     buf = getattr(module, name)
     if buf.dim() != 0 or buf.requires_grad or _compiling():
         return buf.to(device=device, dtype=dtype)
