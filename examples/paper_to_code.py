@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.util
 
 import torch
-from _common import out_dir, single_thread
+from _common import out_dir, seed, single_thread
 
 import lossdsl
 from lossdsl import plot
@@ -34,6 +34,7 @@ def reference(pred: torch.Tensor, target: torch.Tensor, w: float = 10.0, eps: fl
 
 def main() -> dict[str, float]:
     single_thread()
+    seed(0)
     out = out_dir()
     loss = lossdsl.from_latex(WING, params={"w": 10.0, "epsilon": 2.0})
     print("read from LaTeX as:\n" + "\n".join("    " + line for line in loss.lossdsl_source.splitlines()))
