@@ -409,10 +409,10 @@ class SourceBuilder:
     def bind_host_params(self) -> dict[str, V]:
         """Scalar float parameters that are exponents or decide a condition alone, also read as Python
         numbers (see _host, _where)."""
-        exps = ir.exponent_symbols(self.loss) | ir.parameter_condition_symbols(self.loss)
+        host = ir.host_symbols(self.loss)
         out = {}
         for p in self.loss.params:
-            if p.type is None and not p.axes and sp.Symbol(p.name, real=True) in exps:
+            if sp.Symbol(p.name, real=True) in host:
                 n = self.py[p.name]
                 self.lines.append(f"_x_{n} = _host(self, {n!r}, _dev, _dt)")
                 out[p.name] = V(f"_x_{n}", ())

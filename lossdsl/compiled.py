@@ -34,6 +34,8 @@ import torch._inductor.config
 from torch._inductor.custom_graph_pass import CustomGraphPass
 from torch.utils.checkpoint import CheckpointPolicy
 
+from . import ir
+
 
 def base_module(loss, module: torch.nn.Module) -> torch.nn.Module:
     """Fused mode's module when lossdsl.fused is present, so that its symbolic backward is compiled."""
@@ -86,24 +88,27 @@ class Specializer:
         py = getattr(loss, "_py_names", None) or {}
         scalars = {p.name: py.get(p.name, p.name) for p in loss.parameters
                    if p.type is None and not p.axes and self._scalar(module, py.get(p.name, p.name))}
-        symbols = {sp.Symbol(name, real=True) for name in scalars}
-        used = _exponent_and_condition_symbols(loss.ir, symbols) if scalars else set()
+        used = ir.host_symbols(loss.ir) if scalars else set()
         self.names = {name: attr for name, attr in scalars.items() if sp.Symbol(name, real=True) in used}
-        self.state: tuple = ()
+        self.state: list[tuple[torch.Tensor, int]] = []
 
     @staticmethod
     def _scalar(module: torch.nn.Module, attr: str) -> bool:
         buf = module._buffers.get(attr)
         return buf is not None and buf.dim() == 0 and buf.is_floating_point()
 
-    def current(self) -> tuple:
-        bufs = [self.module._buffers[attr] for attr in self.names.values()]
-        return tuple((id(b), b._version) for b in bufs)
+    def current(self) -> list[tuple[torch.Tensor, int]]:
+        """The buffers themselves, not their id(): a freed buffer's id can come back for its replacement."""
+        return [(b, b._version) for b in (self.module._buffers[attr] for attr in self.names.values())]
+
+    def unchanged(self, state: list[tuple[torch.Tensor, int]]) -> bool:
+        return len(state) == len(self.state) and all(
+            b is old and v == old_v for (b, v), (old, old_v) in zip(state, self.state, strict=True))
 
     def refresh(self) -> bool:
         """Installs a forward for the current values when they changed; True when it did."""
         state = self.current()
-        if not self.names or state == self.state:
+        if not self.names or (self.state and self.unchanged(state)):
             return False
         values = {name: float(self.module._buffers[attr]) for name, attr in self.names.items()}
         try:
@@ -126,19 +131,6 @@ class Specializer:
         ir = dataclasses.replace(self.loss.ir, **{k: _write_in(v, table) for k, v in fields.items()
                                                  if isinstance(v, sp.Basic)})
         return _build_class(generate(ir), type(self.module).__name__).forward
-
-
-def _exponent_and_condition_symbols(loss_ir, params: set[sp.Symbol]) -> set[sp.Basic]:
-    """The parameters in a power's exponent or in a comparison of parameters alone (alpha >= 0)."""
-    exprs = [v for f in dataclasses.fields(loss_ir) if isinstance(v := getattr(loss_ir, f.name), sp.Basic)]
-    found: set[sp.Basic] = set()
-    for expr in exprs:
-        for node in sp.preorder_traversal(expr):
-            if isinstance(node, sp.Pow):
-                found |= node.exp.free_symbols & params
-            elif isinstance(node, sp.core.relational.Relational) and node.free_symbols <= params:
-                found |= node.free_symbols
-    return found
 
 
 def _write_in(expr: sp.Basic, table: dict) -> sp.Basic:

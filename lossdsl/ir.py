@@ -251,20 +251,23 @@ def is_index(e: sp.Basic) -> bool:
     return isinstance(e, sp.Symbol) and e.is_integer is True and e.is_nonnegative is True
 
 
-def exponent_symbols(loss: LossIR) -> set[sp.Basic]:
-    """The symbols that appear in the exponent of a power anywhere in the loss."""
-    exprs = [v for f in dataclasses.fields(loss) if isinstance(v := getattr(loss, f.name), sp.Basic)]
-    return {s for e in exprs for node in sp.preorder_traversal(e) if isinstance(node, sp.Pow)
-            for s in node.exp.free_symbols}
+def expressions(loss: LossIR) -> list[sp.Basic]:
+    """Every SymPy expression the loss holds (its value, the reduction weight, ...)."""
+    return [v for f in dataclasses.fields(loss) if isinstance(v := getattr(loss, f.name), sp.Basic)]
 
 
-def parameter_condition_symbols(loss: LossIR) -> set[sp.Basic]:
-    """The symbols of comparisons between scalar parameters and numbers alone (`alpha >= 0`)."""
+def host_symbols(loss: LossIR) -> set[sp.Basic]:
+    """The scalar float parameters worth reading as numbers: those in a power's exponent (pow(x, 2.0) is a
+    multiply) and those of comparisons between such parameters and numbers alone (`alpha >= 0` picks a
+    branch). Eager code reads them through codegen._host, compiled mode writes them in (Specializer)."""
     params = {sp.Symbol(p.name, real=True) for p in loss.params if p.type is None and not p.axes}
-    exprs = [v for f in dataclasses.fields(loss) if isinstance(v := getattr(loss, f.name), sp.Basic)]
-    return {s for e in exprs for node in sp.preorder_traversal(e)
-            if isinstance(node, sp.core.relational.Relational) and node.free_symbols <= params
-            for s in node.free_symbols}
+    found: set[sp.Basic] = set()
+    for node in (n for e in expressions(loss) for n in sp.preorder_traversal(e)):
+        if isinstance(node, sp.Pow):
+            found |= node.exp.free_symbols & params
+        elif isinstance(node, sp.core.relational.Relational) and node.free_symbols <= params:
+            found |= node.free_symbols
+    return found
 
 
 def unnegated(rel: sp.Basic) -> sp.Basic:
