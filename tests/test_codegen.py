@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import lossdsl
+from tests.conftest import TorchCalls
 from tests.test_api import EXAMPLES, FOCAL
 
 SIMILARITY = """
@@ -168,25 +169,14 @@ def _focal_reference(x: torch.Tensor, y: torch.Tensor, alpha, gamma) -> torch.Te
     return ((alpha * y + (1 - alpha) * (1 - y)) * loss).mean()
 
 
-class _Calls(torch.overrides.TorchFunctionMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[tuple[str, tuple]] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.calls.append((getattr(func, "__name__", str(func)), args))
-        return func(*args, **(kwargs or {}))
-
-
 def test_scalar_parameters_are_python_numbers_in_exponents_and_conditions() -> None:
     """sigmoid focal's (1 - p_t)^gamma runs as pow(tensor, 2.0) and `alpha >= 0` selects without a where."""
     x = torch.randn(64, dtype=torch.float64, requires_grad=True)
     y = (torch.rand(64) > 0.5).double()
     module = lossdsl.stdlib.sigmoid_focal_loss()
-    with _Calls() as seen:
+    with TorchCalls() as seen:
         out = module(x, y)
-    names = [n for n, _ in seen.calls]
-    assert "where" not in names
+    assert "where" not in seen.names
     pows = [args for n, args in seen.calls if n in ("pow", "__pow__")]
     assert pows and all(isinstance(a[1], float) and a[1] == 2.0 for a in pows)
     ref = _focal_reference(x, y, 0.25, 2.0)

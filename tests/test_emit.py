@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lossdsl
-from tests.conftest import assert_close, grads
+from tests.conftest import TorchCalls, assert_close, grads
 
 D = torch.float64
 
@@ -152,18 +152,6 @@ def test_pairwise_similarity_lowers_to_one_einsum() -> None:
     assert_close(out, F.cross_entropy(a @ b.T, torch.arange(5), reduction="none"))
 
 
-class _Calls(torch.overrides.TorchFunctionMode):
-    """Counts the torch functions a forward + backward runs, by name."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: list[str] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.names.append(getattr(func, "__name__", str(func)))
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("use_sigmoid, use_softmax, sigmoids, softmaxes",
                          [(False, False, 0, 0), (True, False, 1, 0), (False, True, 0, 1), (True, True, 1, 0)])
 def test_branches_chosen_by_parameters_run_only_when_taken(use_sigmoid, use_softmax, sigmoids, softmaxes) -> None:
@@ -172,7 +160,7 @@ def test_branches_chosen_by_parameters_run_only_when_taken(use_sigmoid, use_soft
     p = torch.rand(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
     g = (torch.rand(2, 3, 4, 4) > 0.5).double()
     module = lossdsl.stdlib.dice_loss(use_sigmoid=use_sigmoid, use_softmax=use_softmax)
-    with _Calls() as calls:
+    with TorchCalls() as calls:
         out = module(p, g)
     assert calls.names.count("sigmoid") == sigmoids and calls.names.count("softmax") == softmaxes
     q = torch.sigmoid(p) if use_sigmoid else (torch.softmax(p, dim=1) if use_softmax else p)
