@@ -160,7 +160,7 @@ class Emitter:
     def _handler(self, e: sp.Basic) -> Callable[[sp.Basic], V]:
         table: list[tuple[type | tuple, Callable]] = [
             (ir.Size, lambda x: V(self.size_var(str(x.args[0])), kind="py")),
-            (sp.Indexed, self.indexed), (sp.Add, self.add), (sp.Mul, self.mul), (sp.Pow, self.pow),
+            (sp.Indexed, self.indexed), (sp.Add, self.add), (sp.Mul, self.product), (sp.Pow, self.pow),
             (sp.Piecewise, self.piecewise), (ir._Reduction, self.reduction), (ir._Normaliser, self.normaliser),
             (ir.At, self.at), (ir.FnCall, self.fncall), (ir.Grad, self.grad),
             ((sp.Min, sp.Max), self.minmax), (ir.xlogy, self.xlogy),
@@ -187,6 +187,9 @@ class Emitter:
         return self.tmp(make([self.align(v, target, ell) for v in vals]), target, ell)
 
     def add(self, e: sp.Add) -> V:
+        return self.try_scatter_add(e) or self.sum_of_terms(e)
+
+    def sum_of_terms(self, e: sp.Add) -> V:
         terms = sorted(e.args, key=lambda t: t.could_extract_minus_sign())
         signs, vals = [], []
         for t in terms:
@@ -202,6 +205,9 @@ class Emitter:
 
         return self.combine(vals, make)
 
+    def product(self, e: sp.Mul) -> V:
+        return self.try_scatter(e) or self.mul(e)
+
     def mul(self, e: sp.Mul) -> V:
         pushed = self.push_scale_into_sum(e)
         if pushed is not None:
@@ -214,14 +220,16 @@ class Emitter:
             else:
                 num.append(self.emit(f))
         vals = num + den
-        sign = "-" if coeff == -1 else ""
         lead = [] if coeff in (1, -1) else [V(_literal(coeff), kind="num")]
+        # -x * y negates the operand with the fewest axes: -softmax[n, c] * v[n] would negate a dense [n, c]
+        negated = min(range(len(num)), key=lambda k: (num[k].is_tensor, len(num[k].labels))) if (
+            coeff == -1 and num) else None
 
         def make(codes: list[str]) -> str:
-            ncodes = [_paren(c) for c in codes[: len(num)]]
+            ncodes = [("-" if k == negated else "") + _paren(c) for k, c in enumerate(codes[: len(num)])]
             dcodes = [_paren(c) for c in codes[len(num):]]
             top = " * ".join([c.code for c in lead] + ncodes) or "1.0"
-            text = f"{sign}{top}"
+            text = f"-{top}" if coeff == -1 and not num else top
             if dcodes:
                 text += " / " + (dcodes[0] if len(dcodes) == 1 else f"({' * '.join(dcodes)})")
             return text
@@ -425,7 +433,7 @@ class Emitter:
         if ELLIPSIS in e.indices or not idx:
             return self.reduce_all(op, self.emit(e.body))
         if op == "sum" and e.cond == sp.true:
-            fused = self.try_einsum(e.body, idx)
+            fused = self.try_pick(e.body, idx) or self.try_einsum(e.body, idx)
             if fused is not None:
                 return fused
         body = self.emit(e.body)
@@ -626,6 +634,84 @@ class Emitter:
             idx += f".expand({', '.join(shape)})"
         return self.tmp(f"{src.code}.gather({p}, {idx}).squeeze({p})", tuple(others))
 
+    # ---- one-hot products: a gradient reaching x[n, y[n]] is `v[n] * [c == y[n]]`, dense only at one c
+    def split_one_hot(self, term: sp.Basic) -> tuple[sp.Symbol, sp.Indexed, sp.Expr] | None:
+        """(i, g, rest) when term = rest * [i == g], g a read of an index input and rest free of i."""
+        factors = sp.Mul.make_args(term)
+        hits = [(f, h) for f in factors if (h := one_hot(f)) and h[1].base.name in self.gather_names]
+        if len(hits) != 1:
+            return None
+        (f, (i, g)), = hits
+        rest = sp.Mul(*(x for x in factors if x is not f))
+        return None if i in free_indices(rest) else (i, g, rest)
+
+    def picked(self, g: sp.Indexed, rest: sp.Expr) -> tuple[V, V] | None:
+        """The clamped index and the value placed at it: rest, or 0 where g is out of range (an
+        ignore_index), whose one-hot row is all zero."""
+        raw, idx, val = self.emit(g), self.gather_index(g), self.emit(rest)
+        if raw.ell or val.ell or not idx.labels:
+            return None
+        key = sp.Tuple(sp.Symbol("@picked"), g, rest)  # memoised: a gradient places rest twice (CE)
+        if idx.code != raw.code and key not in self.memo:
+            if val.is_tensor and set(raw.labels) <= set(val.labels):  # the copy is the index when none is out
+                self.memo[key] = self.combine([raw, idx, val], lambda c: (
+                    f"{c[2]} if {idx.code} is {raw.code} else torch.where({c[0]} == {c[1]}, {c[2]}, 0.0)"))
+            else:
+                ok = self.combine([raw, idx], lambda c: f"{c[0]} == {c[1]}")
+                self.memo[key] = self.where(ok, val, V("0.0", kind="num"))
+        return idx, self.memo.get(key, val)
+
+    def laid(self, v: V, labels: tuple[str, ...], dim: int) -> str:
+        """v over `labels` at full size, with a size-1 dim inserted at `dim` (scatter's index and source)."""
+        code = self.align(v, labels)
+        if v.labels != labels:
+            code = f"{code}.expand({self.sizes(labels)})"
+        return f"{code}.unsqueeze({dim})"
+
+    def try_scatter(self, e: sp.Mul) -> V | None:
+        """rest * [i == g] → zeros with rest scattered along i: one write of the result instead of an
+        arange, a compare, a cast and a multiply over the dense [.., i] shape."""
+        split = self.split_one_hot(e)
+        placed = split and self.picked(split[1], split[2])
+        if not placed:
+            return None
+        i, (idx, val) = str(split[0]), placed
+        out = tuple(sorted({*idx.labels, *val.labels, i}, key=self.rank))
+        others, dim = tuple(x for x in out if x != i), out.index(i)
+        src = self.laid(val, others, dim) if val.is_tensor else val.code
+        return self.tmp(f"torch.zeros({self.sizes(out)}, dtype=_dt, device=_dev)"
+                        f".scatter_({dim}, {self.laid(idx, others, dim)}, {src})", out)
+
+    def try_scatter_add(self, e: sp.Add) -> V | None:
+        """dense + rest * [i == g] → the dense terms with rest added at i (softmax - one-hot of cross entropy)."""
+        splits = [(t, s) for t in e.args if (s := self.split_one_hot(t))]
+        if len(splits) != 1:
+            return None
+        term, (i, g, rest) = splits[0]
+        acc = self.emit(e - term)
+        if not acc.is_tensor or acc.ell or str(i) not in acc.labels:
+            return None
+        placed = self.picked(g, rest)
+        if not placed or not {*placed[0].labels, *placed[1].labels} <= set(acc.labels):
+            return None
+        idx, val = placed
+        dim = acc.labels.index(str(i))
+        others = tuple(x for x in acc.labels if x != str(i))
+        val = self.expand_to(val, others) if not val.is_tensor else val
+        return self.tmp(f"{acc.code}.scatter_add({dim}, {self.laid(idx, others, dim)}, "
+                        f"{self.laid(val, others, dim)})", acc.labels)
+
+    def try_pick(self, body: sp.Basic, idx: list[str]) -> V | None:
+        """sum_i(rest * [i == g]) = rest where g is in range: no dense one-hot to build and sum."""
+        split = self.split_one_hot(body) if len(idx) == 1 else None
+        if not split or str(split[0]) != idx[0]:
+            return None
+        placed = self.picked(split[1], split[2])
+        if not placed:
+            return None
+        idx_v, val = placed
+        return self.expand_to(val, tuple(sorted({*idx_v.labels, *val.labels}, key=self.rank)))
+
     # ---- calls
     def fncall(self, e: ir.FnCall) -> V:
         f, args, labels = e.args
@@ -687,6 +773,18 @@ class Emitter:
         out = self.emit(e.args[0])
         total = out.code if not out.is_tensor else f"{out.code}.sum()"
         return self.tmp(f"torch.autograd.grad({total}, {wrt.code}, create_graph=True)[0]", wrt.labels, wrt.ell)
+
+
+def one_hot(f: sp.Basic) -> tuple[sp.Symbol, sp.Indexed] | None:
+    """(i, g) when f is the indicator [i == g] of an index equal to a gathered value."""
+    if not (isinstance(f, sp.Piecewise) and len(f.args) == 2 and f.args[0].expr == 1 and f.args[1].expr == 0
+            and f.args[1].cond == sp.true and isinstance(f.args[0].cond, sp.Eq)):
+        return None
+    cond = f.args[0].cond
+    for i, g in ((cond.lhs, cond.rhs), (cond.rhs, cond.lhs)):
+        if ir.is_index(i) and i != ELLIPSIS and isinstance(g, sp.Indexed) and i not in free_indices(g):
+            return i, g
+    return None
 
 
 def _letters(labels: tuple[str, ...]) -> dict[str, str]:

@@ -85,16 +85,22 @@ _FRESH_FLOAT = re.compile(r"^(torch\.(?!arange|as_tensor|broadcast_to|full)\w[\w
 _NOT_FLOAT = re.compile(r" [=!<>]=? |~| & | \| |\.to\(|\.expand\(")
 _BINARY = re.compile(r"^(\s+)(t\d+) = (\S+) ([-+*/]) (\S+)$")
 _METHOD = {"+": "add_", "-": "sub_", "*": "mul_", "/": "div_"}
+_SCATTER_ADD = re.compile(r"^(\s+)(t\d+) = (t\d+)\.scatter_add\(")
 
 
 def _in_place(body: list[str], fresh: set[str], labels: dict[str, str]) -> list[str]:
-    """`tN = tA op B` where tA is a fresh float temporary of tN's shape, read for the last time → tA.op_(B)."""
+    """`tN = tA op B` where tA is a fresh float temporary of tN's shape, read for the last time → tA.op_(B);
+    likewise `tA.scatter_add(...)` → `tA.scatter_add_(...)`."""
     uses: dict[str, int] = {}
     for k, line in enumerate(body):
         for name in _TMP.findall(line.split(" = ", 1)[-1] if _BINARY.match(line) else line):
             uses[name] = k
     out = list(body)
     for k, line in enumerate(body):
+        m = _SCATTER_ADD.match(line)
+        if m and uses.get(m[3]) == k and f"{m[3]}:{labels.get(m[2])}" in fresh:
+            out[k] = line.replace(".scatter_add(", ".scatter_add_(", 1)
+            fresh.add(f"{m[2]}:{labels.get(m[2])}")
         m = _BINARY.match(line)
         if not m:
             continue
