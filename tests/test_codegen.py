@@ -210,6 +210,30 @@ def test_python_numbers_follow_their_buffers() -> None:
     torch.testing.assert_close(g, g_ref)
 
 
+def test_fixed_parameters_are_converted_once_and_follow_their_buffers() -> None:
+    """A float64 class weight read in float32 is cast on the first call, not on every call; changed in
+    place, replaced, or swapped by functional_call, the value used is the buffer's current one."""
+    x = torch.randn(16, 4)
+    y = torch.randint(0, 4, (16,))
+    module = lossdsl.stdlib.nll_loss(weight=torch.tensor([0.5, 1.0, 2.0, 1.5], dtype=torch.float64))
+
+    def ref() -> torch.Tensor:
+        return F.nll_loss(x, y, weight=module.weight.float())
+
+    torch.testing.assert_close(module(x, y), ref())
+    with TorchCalls() as seen:
+        module(x, y)
+    assert not [args for name, args in seen.calls if name == "to" and args[0] is module.weight]
+    module.weight[2] = 5.0  # in place
+    torch.testing.assert_close(module(x, y), ref())
+    module.weight = torch.tensor([1.0, 0.0, 1.0, 3.0], dtype=torch.float64)  # replaced
+    torch.testing.assert_close(module(x, y), ref())
+    other = torch.tensor([2.0, 2.0, 1.0, 1.0], dtype=torch.float64)
+    out = torch.func.functional_call(module, {"weight": other}, (x, y))
+    torch.testing.assert_close(out, F.nll_loss(x, y, weight=other.float()))
+    torch.testing.assert_close(module(x, y), ref())
+
+
 @pytest.mark.parametrize("shape", [(5, 7), (5, 7, 1), (5, 7, 1, 1), (5, 7, 3), (2, 5, 7, 1)])
 @pytest.mark.parametrize("fn", [torch.log_softmax, torch.softmax, torch.logsumexp])
 def test_along_matches_the_plain_call(shape: tuple, fn) -> None:

@@ -257,7 +257,7 @@ CLASS_LOSSES = {  # stdlib losses that read x[n, y[n]]: (their parameters, axis 
 SIZES = {"n": 5, "c": 4, "d": 3, "k": 4, "*n": (2, 3), "*d": (2,)}
 
 
-def _class_inputs(loss: lossdsl.Loss) -> list[torch.Tensor]:
+def _class_inputs(loss: lossdsl.Loss, ignored: bool) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
     out = []
     for i in loss.inputs:
@@ -265,7 +265,7 @@ def _class_inputs(loss: lossdsl.Loss) -> list[torch.Tensor]:
         if i.kind == "index":
             size = 4  # every index input here indexes an axis of size 4 (c or k)
             t = torch.randint(0, size, shape, generator=gen)
-            if "ignore_index" in [p.name for p in loss.ir.params]:
+            if ignored and "ignore_index" in [p.name for p in loss.ir.params]:
                 t.view(-1)[1] = -100
             out.append(t)
         else:
@@ -276,11 +276,12 @@ def _class_inputs(loss: lossdsl.Loss) -> list[torch.Tensor]:
 @pytest.mark.parametrize("name", sorted(CLASS_LOSSES))
 def test_fused_class_losses_scatter_the_same_gradients_as_autograd(name):
     """The backward of a gathered read x[n, y[n]] is a scatter (emit.try_scatter / try_scatter_add /
-    try_pick): the same numbers as autograd mode, ignored targets included."""
+    try_pick): the same numbers as autograd mode, with and without ignored targets (the gathering copy of
+    the targets is then a clamped one, else the targets themselves)."""
     params, _ = CLASS_LOSSES[name]
     loss = lossdsl.stdlib.get(name)
-    args = _class_inputs(loss)
-    for reduction in ("mean", "none"):
+    for reduction, ignored in (("mean", False), ("mean", True), ("none", True)):
+        args = _class_inputs(loss, ignored)
         eager = loss.compile(reduction=reduction, **params).double()
         fused = loss.compile(reduction=reduction, mode="fused", **params).double()
         for a, b in zip(gradients(fused, args), gradients(eager, args), strict=True):
