@@ -636,21 +636,24 @@ class Emitter:
 
     # ---- one-hot products: a gradient reaching x[n, y[n]] is `v[n] * [c == y[n]]`, dense only at one c
     def split_one_hot(self, term: sp.Basic) -> tuple[sp.Symbol, sp.Indexed, sp.Expr] | None:
-        """(i, g, rest) when term = rest * [i == g], g a read of an index input and rest free of i."""
+        """(i, g, rest) when term = rest * [i == g], g a read of an index input and rest free of i, all of
+        declared shape (decided before anything is emitted, so a miss leaves no dead temporaries)."""
         factors = sp.Mul.make_args(term)
         hits = [(f, h) for f in factors if (h := one_hot(f)) and h[1].base.name in self.gather_names]
         if len(hits) != 1:
             return None
         (f, (i, g)), = hits
         rest = sp.Mul(*(x for x in factors if x is not f))
-        return None if i in free_indices(rest) else (i, g, rest)
-
-    def picked(self, g: sp.Indexed, rest: sp.Expr) -> tuple[V, V] | None:
-        """The clamped index and the value placed at it: rest, or 0 where g is out of range (an
-        ignore_index), whose one-hot row is all zero."""
-        raw, idx, val = self.emit(g), self.gather_index(g), self.emit(rest)
-        if raw.ell or val.ell or not idx.labels:
+        names = {x.name for x in (rest.free_symbols | g.free_symbols) if not ir.is_index(x)}
+        if i in free_indices(rest) or not free_indices(g) or any(
+                n in self.names and self.names[n].ell for n in names):
             return None
+        return i, g, rest
+
+    def picked(self, g: sp.Indexed, rest: sp.Expr) -> tuple[V, V]:
+        """The gathering index and the value placed at it: rest, or 0 where g is out of range (an
+        ignore_index: the gathering copy is then a clamped one), whose one-hot row is all zero."""
+        raw, idx, val = self.emit(g), self.gather_index(g), self.emit(rest)
         key = sp.Tuple(sp.Symbol("@picked"), g, rest)  # memoised: a gradient places rest twice (CE)
         if idx.code != raw.code and key not in self.memo:
             if val.is_tensor and set(raw.labels) <= set(val.labels):  # the copy is the index when none is out
@@ -672,10 +675,9 @@ class Emitter:
         """rest * [i == g] → zeros with rest scattered along i: one write of the result instead of an
         arange, a compare, a cast and a multiply over the dense [.., i] shape."""
         split = self.split_one_hot(e)
-        placed = split and self.picked(split[1], split[2])
-        if not placed:
+        if not split:
             return None
-        i, (idx, val) = str(split[0]), placed
+        i, (idx, val) = str(split[0]), self.picked(split[1], split[2])
         out = tuple(sorted({*idx.labels, *val.labels, i}, key=self.rank))
         others, dim = tuple(x for x in out if x != i), out.index(i)
         src = self.laid(val, others, dim) if val.is_tensor else val.code
@@ -688,13 +690,12 @@ class Emitter:
         if len(splits) != 1:
             return None
         term, (i, g, rest) = splits[0]
-        acc = self.emit(e - term)
-        if not acc.is_tensor or acc.ell or str(i) not in acc.labels:
+        dense = e - term
+        axes = set(free_indices(dense))
+        if i not in axes or ELLIPSIS in axes or not set(free_indices(term)) <= axes:
             return None
-        placed = self.picked(g, rest)
-        if not placed or not {*placed[0].labels, *placed[1].labels} <= set(acc.labels):
-            return None
-        idx, val = placed
+        acc = self.emit(dense)
+        idx, val = self.picked(g, rest)
         dim = acc.labels.index(str(i))
         others = tuple(x for x in acc.labels if x != str(i))
         val = self.expand_to(val, others) if not val.is_tensor else val
@@ -706,10 +707,7 @@ class Emitter:
         split = self.split_one_hot(body) if len(idx) == 1 else None
         if not split or str(split[0]) != idx[0]:
             return None
-        placed = self.picked(split[1], split[2])
-        if not placed:
-            return None
-        idx_v, val = placed
+        idx_v, val = self.picked(split[1], split[2])
         return self.expand_to(val, tuple(sorted({*idx_v.labels, *val.labels}, key=self.rank)))
 
     # ---- calls

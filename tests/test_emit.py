@@ -180,3 +180,36 @@ def test_branch_with_a_call_check_stays_correct_when_emitted_eagerly() -> None:
         out = lossdsl.compile(src, reduction="sum", scaled=scaled)(x, f)
         ref = ((2 * f(x)) ** 2).sum() if scaled else (x ** 2).sum()
         torch.testing.assert_close(out, ref)
+
+
+ONE_HOT = {  # formulas with a one-hot [c == y] term: the emitter scatters instead of comparing densely
+    "minus": ("loss a(x[n, c], y[n]: index(c)):\n    sum_c((x - [c == y])^2)",
+              lambda x, y: ((x - F.one_hot(y, 4)) ** 2).sum(1)),
+    "scaled": ("loss a(x[n, c], y[n]: index(c); s = 3):\n    sum_c(x^2 - s * x[n, 0] * [c == y])",
+               lambda x, y: (x**2).sum(1) - 3 * x[:, 0]),
+    "ignored": ("loss a(x[n, c], y[n]: index(c); ignore_index: int = -100):\n"
+                "    where(y != ignore_index, 1, 2) * sum_c((x - [c == y])^2)",
+                lambda x, y: torch.where(y >= 0, 1, 2) * ((x - _one_hot_or_zero(y)) ** 2).sum(1)),
+}
+
+
+def _one_hot_or_zero(y: torch.Tensor, c: int = 4) -> torch.Tensor:
+    """F.one_hot with an all-zero row for an ignored (negative) target."""
+    return F.one_hot(y.clamp(min=0), c) * (y >= 0)[:, None]
+
+
+@pytest.mark.parametrize("name", sorted(ONE_HOT))
+@pytest.mark.parametrize("mode", ["eager", "fused"])
+def test_one_hot_terms_scatter_and_match_torch(name: str, mode: str) -> None:
+    """Value and gradient (autograd through the scatter, or the symbolic one in fused mode) against a
+    dense F.one_hot reference, with an ignored row where the loss allows one."""
+    text, ref = ONE_HOT[name]
+    module = lossdsl.compile(text, reduction="none", mode=mode)
+    x, y = X(), Y()
+    if name == "ignored":
+        y[1] = -100
+    out = module(x, y)
+    assert_close(out, ref(x, y))
+    assert_close(grads(out, x)[0], grads(ref(x, y), x)[0])
+    source = module.loss.to_source()
+    assert "arange" not in source and "scatter" in source
