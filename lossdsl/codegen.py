@@ -96,8 +96,16 @@ def _where(cond, a, b, dtype, device):
     tensor condition (a parameter given per element) is the usual where."""
     if isinstance(cond, torch.Tensor):
         return torch.where(cond, a, b)
-    shape = torch.broadcast_shapes(*(t.shape for t in (a, b) if isinstance(t, torch.Tensor)))
+    shape = _broadcast_shapes(*(t.shape for t in (a, b) if isinstance(t, torch.Tensor)))
     return torch.as_tensor(a if cond else b, dtype=dtype, device=device).expand(shape)
+
+
+def _broadcast_shapes(*shapes):
+    """torch.broadcast_shapes, with equal shapes (the common case) answered without it: it is Python code
+    costing ~19 us a call on CPU, a fifth of a small loss's forward."""
+    if all(s == shapes[0] for s in shapes[1:]):
+        return shapes[0]
+    return torch.broadcast_shapes(*shapes)
 
 
 def _along(fn, x, dim):
@@ -374,7 +382,7 @@ class SourceBuilder:
         if not loose:
             return
         w("try:")
-        w(f"    _bshape = torch.broadcast_shapes({', '.join(f'{self.py[n]}.shape' for n in loose)})")
+        w(f"    _bshape = _broadcast_shapes({', '.join(f'{self.py[n]}.shape' for n in loose)})")
         w("except RuntimeError:")
         shapes = ", ".join(f"{n} {{tuple({self.py[n]}.shape)}}" for n in loose)
         w(f"    raise self.error(f\"inputs do not broadcast together: {shapes}\") from None")
@@ -478,7 +486,8 @@ class SourceBuilder:
         out = em.expand_to(result, free) if free or not result.is_tensor else result
         w(f"out = {em.align(out, free, out.ell)}")
         if any(i.axes is None and i.kind != "fn" for i in self.loss.inputs):
-            w("out = out.expand(torch.broadcast_shapes(out.shape, _bshape))")
+            w("if out.shape != _bshape:")
+            w("    out = out.expand(torch.broadcast_shapes(out.shape, _bshape))")
         if weight is not None:
             w(f"wsum = torch.broadcast_to({em.align(weight, free, weight.ell)}, out.shape).sum()")
         w("if self.reduction == 'none':")

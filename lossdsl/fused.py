@@ -189,7 +189,7 @@ class GradientBuilder(SourceBuilder):
         if decl.axes is None:
             full = v.code if v.is_tensor else f"torch.as_tensor({v.code}, dtype=_dt, device=_dev)"
             shape = f"{wrt}.shape" if self.loss.input(g.wrt) else "()"
-            code = f"torch.broadcast_to({full}, torch.broadcast_shapes({full}.shape, {shape}))" if (
+            code = f"torch.broadcast_to({full}, _broadcast_shapes({full}.shape, {shape}))" if (
                 not self.loss.broadcast) else f"torch.broadcast_to({full}, _bshape)"
             self.lines.append(f"{name} = {code}.sum_to_size({shape}).to({dtype})")
             return name
@@ -211,7 +211,7 @@ class GradientBuilder(SourceBuilder):
         out = em.expand_to(res, free) if free or not res.is_tensor else res
         w(f"_out = {em.align(out, free, out.ell)}")
         if self.loss.broadcast:
-            w("_out = _out.expand(torch.broadcast_shapes(_out.shape, _bshape))")
+            w("_out = _out.expand(_broadcast_shapes(_out.shape, _bshape))")
         seed = "_g" if self.vjp else "1.0"
         total = {"none": f"(_out * {seed}).sum()", "sum": f"_out.sum() * {seed}", "mean": f"_out.mean() * {seed}",
                  "batchmean": f"_out.sum() / {self.batch_size()} * {seed}"}.get(g.reduction)

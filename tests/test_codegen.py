@@ -250,3 +250,28 @@ def test_along_matches_the_plain_call(shape: tuple, fn) -> None:
         w = torch.randn(want.shape, dtype=torch.float64)
         torch.testing.assert_close(torch.autograd.grad((got * w).sum(), x)[0],
                                    torch.autograd.grad((want * w).sum(), x)[0], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("shapes", [((3, 4), (3, 4)), ((3, 1), (4,)), ((), (2, 2)), ((5,), (5,), (1, 5)),
+                                    ((3,), (4,))])
+def test_broadcast_shapes_shortcut_agrees_with_torch(shapes: tuple) -> None:
+    """_broadcast_shapes answers equal shapes itself and defers to torch otherwise, errors included."""
+    namespace: dict = {}
+    exec(compile(lossdsl.codegen.PRELUDE, "<prelude>", "exec"), namespace)  # our own generated prelude
+    sizes = [torch.Size(s) for s in shapes]
+    try:
+        want = torch.broadcast_shapes(*sizes)
+    except RuntimeError:
+        with pytest.raises(RuntimeError):
+            namespace["_broadcast_shapes"](*sizes)
+        return
+    assert namespace["_broadcast_shapes"](*sizes) == want
+
+
+def test_broadcasting_inputs_expand_the_output_as_before() -> None:
+    """Inputs of undeclared shape broadcast; an output smaller than their common shape is expanded."""
+    module = lossdsl.compile("loss a(x, y):\n    x^2", reduction="none")
+    x, y = torch.randn(3, 1, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    torch.testing.assert_close(module(x, y), (x**2).expand(3, 4))
+    with pytest.raises(lossdsl.InputError, match="do not broadcast"):
+        module(torch.randn(3), torch.randn(4))
