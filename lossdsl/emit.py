@@ -71,7 +71,7 @@ class Emitter:
         self.lines = lines
         self.is_bound = is_bound  # whether an axis size is already known (else a call's result fixes it)
         self.memo: dict[sp.Basic, V] = {}
-        self.calls: dict[str, V] = {}  # normaliser calls by code: the memo misses renamed indices
+        self.calls: dict[str, V] = {}  # normaliser calls and diagonal masks by code: the memo misses renamed indices
         self.host_params: dict[str, V] = {}  # parameters read as Python numbers in exponents and conditions
         self.guards: tuple[str, ...] | None = ()  # the Python conditions of the branch emitted (None: eager)
         self.guarded: set[int] = set()  # lines already computed under their branch's guards
@@ -206,7 +206,7 @@ class Emitter:
         return self.combine(vals, make)
 
     def product(self, e: sp.Mul) -> V:
-        return self.try_scatter(e) or self.mul(e)
+        return self.try_scatter(e) or self.try_off_diagonal_product(e) or self.mul(e)
 
     def mul(self, e: sp.Mul) -> V:
         pushed = self.push_scale_into_sum(e)
@@ -325,6 +325,9 @@ class Emitter:
 
     def piecewise(self, e: sp.Piecewise) -> V:
         pieces = list(e.args)
+        diagonal = self.try_diagonal_piecewise(pieces)
+        if diagonal is not None:
+            return diagonal
         if len(pieces) == 2 and pieces[0].expr == 1 and pieces[1].expr == 0 and pieces[1].cond == sp.true:
             return self.logic_to_float(self.emit(pieces[0].cond))
         host = self.host_condition(pieces[0].cond) if len(pieces) == 2 else None
@@ -437,7 +440,10 @@ class Emitter:
             if fused is not None:
                 return fused
         body = self.emit(e.body)
-        if e.cond != sp.true:
+        pair = self.off_diagonal(e.cond) if op != "mean" else None
+        if pair:
+            body = self.diagonal_set(body, *pair, FILL[op])
+        elif e.cond != sp.true:
             cond = self.emit(e.cond)
             target = self.union(body, cond, V("", tuple(idx)))
             body = self.expand_to(body, target)
@@ -482,11 +488,19 @@ class Emitter:
             return None
         coeff, rest = body.as_coeff_Mul()
         factors = sp.Mul.make_args(rest)
+        mask, carrier = self.off_diagonal_factor(body), None
+        if mask is not None:  # [i != j] sets the diagonal of the operand holding i and j (an [i, j] matrix)
+            pair = self.off_diagonal(mask.args[0].cond)
+            carrier = next((f for f in factors if f is not mask and set(pair) <= {str(x) for x in free_indices(f)}
+                            and any(str(x) in idx for x in f.free_symbols)), None)
+            if carrier is None:
+                return None
+            factors = tuple(f for f in factors if f is not mask)
         inner = [f for f in factors if any(str(s) in idx for s in f.free_symbols)]
         outer = [f for f in factors if f not in inner]
         if len(inner) < 2 or any(ir.is_index(f) for f in inner):  # a position (int64 arange) cannot join einsum
             return None
-        vals = [self.emit(f) for f in inner]
+        vals = [self.diagonal_set(self.emit(f), *pair, "0.0") if f is carrier else self.emit(f) for f in inner]
         if any(not v.is_tensor or v.ell for v in vals) or any(
                 lab not in {x for v in vals for x in v.labels} for lab in idx):
             return None
@@ -709,6 +723,52 @@ class Emitter:
             return None
         idx_v, val = self.picked(split[1], split[2])
         return self.expand_to(val, tuple(sorted({*idx_v.labels, *val.labels}, key=self.rank)))
+
+    # ---- masks of the diagonal: [i != j] over one axis is a dense compare and select; setting the diagonal
+    # of a copy costs one copy and N writes (contrastive losses: the positive excluded from the negatives)
+    def off_diagonal(self, cond: sp.Basic) -> tuple[str, str] | None:
+        """(i, j) when cond is i != j for two index symbols (i == j is the main diagonal, square or not)."""
+        if not (isinstance(cond, sp.Ne) and all(ir.is_index(x) and x != ELLIPSIS for x in cond.args)):
+            return None
+        i, j = (str(x) for x in cond.args)
+        return (i, j) if i != j else None
+
+    def diagonal_set(self, v: V, i: str, j: str, fill: str) -> V:
+        """v over (.., i, .., j, ..) with its i == j entries set to the number `fill` (a new tensor)."""
+        v = self.expand_to(v if v.is_tensor else self.expand_to(v, ()), tuple(sorted({*v.labels, i, j},
+                                                                                        key=self.rank)))
+        d1, d2 = self.dims(v, [i]), self.dims(v, [j])
+        code = (f"torch.diagonal_scatter({v.code}, torch.full_like({v.code}.diagonal(0, {d1}, {d2}), {fill}), 0, "
+                f"{d1}, {d2})")
+        if code not in self.calls:  # a gradient masks one matrix in several terms
+            self.calls[code] = self.tmp(code, v.labels, v.ell)
+        return self.calls[code]
+
+    def try_diagonal_piecewise(self, pieces: list) -> V | None:
+        """where(i != j, a, number) and where(i == j, number, b) → a (or b) with its diagonal set."""
+        if len(pieces) != 2 or pieces[1].cond != sp.true:
+            return None
+        (a, cond), (b, _) = pieces
+        if isinstance(cond, sp.Eq):
+            cond, a, b = sp.Ne(*cond.args, evaluate=False), b, a
+        pair = self.off_diagonal(cond)
+        if not pair or not b.is_number or (a == 1 and b == 0):  # the bare [i != j]: a product's factor
+            return None
+        return self.diagonal_set(self.emit(a), *pair, _literal(b))
+
+    def off_diagonal_factor(self, e: sp.Basic) -> sp.Piecewise | None:
+        """The one factor [i != j] of a product, if it has exactly one."""
+        hits = [f for f in sp.Mul.make_args(e) if isinstance(f, sp.Piecewise) and len(f.args) == 2
+                and f.args[0].expr == 1 and f.args[1].expr == 0 and self.off_diagonal(f.args[0].cond)]
+        return hits[0] if len(hits) == 1 else None
+
+    def try_off_diagonal_product(self, e: sp.Mul) -> V | None:
+        """rest * [i != j] → rest with its diagonal set to 0 (as a bracket, 0 even where rest is not finite)."""
+        mask = self.off_diagonal_factor(e)
+        if mask is None:
+            return None
+        rest = sp.Mul(*(f for f in e.args if f is not mask))
+        return self.diagonal_set(self.emit(rest), *self.off_diagonal(mask.args[0].cond), "0.0")
 
     # ---- calls
     def fncall(self, e: ir.FnCall) -> V:
