@@ -100,6 +100,19 @@ def _where(cond, a, b, dtype, device):
     return torch.as_tensor(a if cond else b, dtype=dtype, device=device).expand(shape)
 
 
+def _diagonal_set(x, value, d1, d2):
+    """x with its (d1, d2) diagonal set to value (the [i != j] masks): a copy and N writes, not a dense
+    compare and select. While torch.compile traces, the select, which Inductor fuses: its diagonal_scatter
+    gradient is silently wrong (pytorch/pytorch#183602, fixed after 2.13)."""
+    if not _compiling():
+        return torch.diagonal_scatter(x, torch.full_like(x.diagonal(0, d1, d2), value), 0, d1, d2)
+    shape = [1] * x.dim()
+    rows, cols = list(shape), list(shape)
+    rows[d1], cols[d2] = x.shape[d1], x.shape[d2]
+    on = torch.arange(x.shape[d1], device=x.device).view(rows) == torch.arange(x.shape[d2], device=x.device).view(cols)
+    return torch.where(on, value, x)
+
+
 def _broadcast_shapes(*shapes):
     """torch.broadcast_shapes, with equal shapes (the common case) answered without it: it is Python code
     costing ~19 us a call on CPU, a fifth of a small loss's forward."""

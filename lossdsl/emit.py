@@ -738,8 +738,7 @@ class Emitter:
         v = self.expand_to(v if v.is_tensor else self.expand_to(v, ()), tuple(sorted({*v.labels, i, j},
                                                                                         key=self.rank)))
         d1, d2 = self.dims(v, [i]), self.dims(v, [j])
-        code = (f"torch.diagonal_scatter({v.code}, torch.full_like({v.code}.diagonal(0, {d1}, {d2}), {fill}), 0, "
-                f"{d1}, {d2})")
+        code = f"_diagonal_set({v.code}, {fill}, {d1}, {d2})"
         if code not in self.calls:  # a gradient masks one matrix in several terms
             self.calls[code] = self.tmp(code, v.labels, v.ell)
         return self.calls[code]

@@ -106,6 +106,22 @@ def test_compiled_matches_eager_values_and_gradients() -> None:
         fast(x, y + 2)
 
 
+@pytest.mark.slow
+def test_compiled_off_diagonal_mask_has_eager_gradients() -> None:
+    """info_nce's [j != i] mask: eager sets a diagonal with diagonal_scatter, whose gradient Inductor gets
+    wrong (pytorch/pytorch#183602: x.grad came out 12.44 -> 14.32 in |sum|); compiled mode selects instead."""
+    loss = lossdsl.stdlib.get("info_nce")
+    gen = torch.Generator().manual_seed(0)
+    args = [torch.randn(16, 8, generator=gen, dtype=torch.float64) for _ in range(2)]
+    grads = []
+    for mode in ("eager", "compiled"):
+        leaves = [a.clone().requires_grad_() for a in args]
+        out = loss.compile(mode=mode)(*leaves)
+        grads.append((out.detach(), *torch.autograd.grad(out, leaves)))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 def _peak_cpu_bytes(fn) -> int:
     """Peak bytes allocated during fn(), from the profiler's allocation events in time order."""
     from torch._C._profiler import _EventType
