@@ -219,7 +219,23 @@ class Emitter:
                 den.append(self.emit(sp.Pow(f.base, -f.exp)))
             else:
                 num.append(self.emit(f))
-        vals = num + den
+        full = {lab for v in num + den if v.is_tensor for lab in v.labels}
+
+        def small(v: V) -> bool:
+            return not v.is_tensor or (not v.ell and set(v.labels) < full)
+
+        # operands with fewer axes are combined first: beta * t[n, c, s] * u[n, c] / w[n, c] is one multiply
+        # over [n, c, s] after two over [n, c], not three over [n, c, s]
+        sn, sd = [v for v in num if small(v)], [v for v in den if small(v)]
+        if len(sn) + len(sd) >= 2 and len(sn) + len(sd) < len(num) + len(den) and any(
+                v.is_tensor for v in sn + sd):
+            scale = self.product_of(coeff, sn, sd)
+            return self.product_of(sp.Integer(1), [scale, *(v for v in num if not small(v))],
+                                   [v for v in den if not small(v)])
+        return self.product_of(coeff, num, den)
+
+    def product_of(self, coeff: sp.Number, num: list[V], den: list[V]) -> V:
+        """coeff * prod(num) / prod(den) in one line."""
         lead = [] if coeff in (1, -1) else [V(_literal(coeff), kind="num")]
         # -x * y negates the operand with the fewest axes: -softmax[n, c] * v[n] would negate a dense [n, c]
         negated = min(range(len(num)), key=lambda k: (num[k].is_tensor, len(num[k].labels))) if (
@@ -234,7 +250,7 @@ class Emitter:
                 text += " / " + (dcodes[0] if len(dcodes) == 1 else f"({' * '.join(dcodes)})")
             return text
 
-        return self.combine(vals, make)
+        return self.combine(num + den, make)
 
     def push_scale_into_sum(self, e: sp.Mul) -> sp.Basic | None:
         """`sum_d(a*b) / tau` → `sum_d(a*b/tau)`: the einsum then scales an operand, not the [i, j] result."""

@@ -250,3 +250,20 @@ def test_off_diagonal_masks_set_the_diagonal_and_match_torch(name: str, mode: st
     if name == "bracket":
         inf_diag = torch.diag(torch.full((4,), torch.inf, dtype=D)) + torch.ones(4, 4, dtype=D)
         assert torch.isfinite(module(inf_diag)).all()
+
+
+def test_products_combine_operands_with_fewer_axes_first() -> None:
+    """beta * x[n, c, s] * u[n, c] / w[n, c]: the scale beta * u / w is formed over [n, c], then one multiply
+    over [n, c, s] (three before: a fused Tversky backward held four such chains)."""
+    from tests.test_fused import _Ops
+
+    module = lossdsl.compile("loss a(x[n, c, s], u[n, c], w[n, c]; beta = 2.0):\n    beta * x * u / w",
+                             reduction="none")
+    x, u = torch.randn(3, 4, 50, dtype=D, requires_grad=True), torch.randn(3, 4, dtype=D)
+    w = torch.rand(3, 4, dtype=D) + 1
+    with _Ops() as ops:
+        out = module(x, u, w)
+    assert [op for op, numel in ops.ops if numel == x.numel()] == ["mul"]
+    ref = 2 * x * u[..., None] / w[..., None]
+    assert_close(out, ref)
+    assert_close(grads(out, x)[0], grads(ref, x)[0])
