@@ -275,3 +275,21 @@ def test_broadcasting_inputs_expand_the_output_as_before() -> None:
     torch.testing.assert_close(module(x, y), (x**2).expand(3, 4))
     with pytest.raises(lossdsl.InputError, match="do not broadcast"):
         module(torch.randn(3), torch.randn(4))
+
+
+@pytest.mark.parametrize("validate", [True, False])
+@pytest.mark.parametrize("ignored", [False, True])
+def test_class_targets_gather_checked_or_clamped(validate: bool, ignored: bool) -> None:
+    """A checked index in range gathers as it is; an ignore_index present, or no check at all, gathers through
+    the clamped copy. Either way the values and gradients are torch's."""
+    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 4, 2, 1, 3, 2])
+    if ignored:
+        y[2] = -100
+    module = lossdsl.stdlib.nll_loss(validate=validate)
+    out, ref = module(x, y), F.nll_loss(x, y)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(torch.autograd.grad(out, x)[0], torch.autograd.grad(ref, x)[0])
+    with TorchCalls() as seen:
+        module(x, y)
+    assert ("clamp" in seen.names) == (ignored or not validate)
