@@ -73,6 +73,19 @@ class GradEmitter(Emitter):
         rest = self.emit(sp.Mul(*(f for f in factors if f not in small)))
         return self.combine([scale, rest], lambda c: f"{_paren(c[0])} * {_paren(c[1])}")
 
+    def sum_of_terms(self, e: sp.Add) -> V:
+        """Full-size terms accumulated one line at a time, `tN = tA + tB`, which `_in_place` turns into
+        tA.add_(tB) at tA's last use: a + b - c then holds one full-size result, not two."""
+        terms = sorted(e.args, key=lambda t: t.could_extract_minus_sign())
+        if len(terms) < 3 or terms[0].could_extract_minus_sign():
+            return super().sum_of_terms(e)
+        acc = self.emit(terms[0])
+        for t in terms[1:]:
+            neg = t.could_extract_minus_sign()
+            acc = self.combine([acc, self.emit(-t if neg else t)],
+                               lambda c, op="-" if neg else "+": f"{c[0]} {op} {c[1]}")
+        return acc
+
     def is_scalar(self, f: sp.Basic) -> bool:
         """No free index and no undeclared-shape value inside: a number or a 0-d tensor."""
         if free_indices(f) or f.atoms(ir.FnCall, ir.Grad):
@@ -81,7 +94,7 @@ class GradEmitter(Emitter):
         return all(x.name in self.names and not self.names[x.name].ell for x in symbols)
 
 
-_FRESH_FLOAT = re.compile(r"^(torch\.(?!arange|as_tensor|broadcast_to|full)\w[\w.]*\(|-?\(?t\d+ [-+*/] )")
+_FRESH_FLOAT = re.compile(r"^(torch\.(?!arange|as_tensor|broadcast_to|full)\w[\w.]*\(|-?\(?t\d+(\[[^\]]*\])? [-+*/] )")
 _NOT_FLOAT = re.compile(r" [=!<>]=? |~| & | \| |\.to\(|\.expand\(")
 _BINARY = re.compile(r"^(\s+)(t\d+) = (\S+) ([-+*/]) (\S+)$")
 _METHOD = {"+": "add_", "-": "sub_", "*": "mul_", "/": "div_"}
