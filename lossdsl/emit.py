@@ -269,15 +269,26 @@ class Emitter:
             return self.unary("torch.rsqrt", self.emit(base))
         if exp == -1:
             return self.unary("torch.reciprocal", self.emit(base))
-        b, x = self.emit(base), self.emit(exp)
-        if b.is_tensor and isinstance(exp, sp.Symbol) and exp.name in self.host_params:
-            x = self.host_params[exp.name]  # a Python number at run time (codegen._host)
+        b = self.emit(base)
+        x = self.host_exponent(exp) if b.is_tensor else None
+        x = x or self.emit(exp)
         if not b.is_tensor and not x.is_tensor:
             return V(f"({b.code} ** {x.code})", kind="num")
         if not b.is_tensor:
             return self.combine([b, x], lambda c: f"torch.pow(torch.as_tensor({c[0]}, dtype=_dt, device=_dev), "
                                                   f"{c[1]})")
         return self.combine([b, x], lambda c: f"{_paren(c[0])} ** {_paren(c[1])}")
+
+    def host_exponent(self, exp: sp.Basic) -> V | None:
+        """An exponent of host parameters and numbers alone (gamma, gamma - 1 in a gradient) as a Python
+        expression of their run-time numbers (codegen._host): pow(x, 1.0) is a multiply's cost, pow(x, a
+        0-dim tensor) a generic pow's."""
+        names = {x.name for x in exp.free_symbols}
+        if not names or not names <= set(self.host_params) or any(
+                not isinstance(n, (sp.Add, sp.Mul, sp.Pow, sp.Symbol, sp.Number)) for n in sp.preorder_traversal(exp)):
+            return None
+        spelled = exp.xreplace({x: sp.Symbol(self.host_params[x.name].code) for x in exp.free_symbols})
+        return V(f"({sp.sstr(spelled)})", kind="num")
 
     def unary(self, fn: str, v: V) -> V:
         if not v.is_tensor:

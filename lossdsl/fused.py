@@ -138,6 +138,15 @@ class GradientBuilder(SourceBuilder):
         self.expr, self.weight = loss.expr, loss.reduce_weight  # emitted only if a gradient needs them
         self.grads, self.vjp = grads, vjp
 
+    def bind_host_params(self) -> dict[str, V]:
+        """As the forward's, over the gradients' expressions too: d/dx of (1 - p)^gamma has (1 - p)^(gamma - 1)."""
+        real = self.loss
+        self.loss = dataclasses.replace(real, expr=sp.Add(self.expr, *(g.expr for g in self.grads)))
+        try:
+            return super().bind_host_params()
+        finally:
+            self.loss = real
+
     def bind_input(self, i: ir.Input) -> None:
         if not i.is_integral:
             self.lines.append(f"_dtype_{self.py[i.name]} = {self.py[i.name]}.dtype")

@@ -317,3 +317,32 @@ def test_backward_accumulates_full_size_terms_in_place() -> None:
     for a, b in zip(gradients(loss.compile(mode="fused").double(), [p.double(), g.double()]),
                     gradients(eager.double(), [p.double(), g.double()]), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_fused_backward_reads_exponent_parameters_as_numbers() -> None:
+    """d/dx of (1 - p_t)^gamma holds (1 - p_t)^(gamma - 1): with gamma read as a Python number the backward's
+    pows are pow(Tensor, Scalar) (pow(x, 0-dim tensor) is a generic pow); a changed gamma is followed."""
+
+    class Overloads(torch.utils._python_dispatch.TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    module = lossdsl.stdlib.sigmoid_focal_loss(mode="fused").double()
+    eager = lossdsl.stdlib.sigmoid_focal_loss().double()
+    gen = torch.Generator().manual_seed(0)
+    args = [torch.randn(64, generator=gen, dtype=torch.float64), (torch.rand(64, generator=gen) > 0.5).double()]
+    for gamma in (2.0, 0.5):
+        module.gamma.fill_(gamma)
+        eager.gamma.fill_(gamma)
+        x = args[0].clone().requires_grad_()
+        out = module(x, args[1])
+        with Overloads() as ops:
+            out.backward()
+        pows = [op for op in ops.seen if op.startswith("aten.pow")]
+        assert pows and all(op == "aten.pow.Tensor_Scalar" for op in pows), pows
+        torch.testing.assert_close(gradients(module, args)[0], gradients(eager, args)[0], rtol=1e-9, atol=1e-12)
