@@ -59,7 +59,7 @@ class GradEmitter(Emitter):
 
     def tmp(self, code: str, labels: tuple[str, ...], ell: bool = False) -> V:
         v = super().tmp(code, labels, ell)
-        self.tmp_labels[v.code] = ",".join(labels)
+        self.tmp_labels[v.code] = ",".join(("...",) * ell + labels)  # a 0-d scalar is not a broadcast value
         if _FRESH_FLOAT.match(code) and not _NOT_FLOAT.search(code) and not ell:
             self.fresh.add(f"{v.code}:{self.tmp_labels[v.code]}")
         return v

@@ -373,6 +373,12 @@ def _log_softmax(d: Deriver, a: ir.LogSoftmax, adj: sp.Expr) -> None:
     d.push(a.body, adj - soft * ir.Sum_(adj, sp.Tuple(a.index), sp.true))
 
 
+def _norm(d: Deriver, a: ir.Norm_, adj: sp.Expr) -> None:
+    """x / |x|, and 0 at a zero vector as torch's vector_norm has it (contrastive and triplet losses of
+    identical embeddings: 0/0 otherwise)."""
+    d.push(a.body, adj * _mask(a) * a.body / sp.Piecewise((a, a > 0), (1, True)))
+
+
 def _normalize(d: Deriver, a: ir.Normalize, adj: sp.Expr) -> None:
     """As emitted (emit.normalised): an all-zero vector is divided by 1, so its gradient is the incoming one,
     not 0/0; the rest is the usual (adj - a <adj, a>) / |x|."""
@@ -400,7 +406,7 @@ RULES: dict[type, Rule] = {
     ir.Max_: _extreme,
     ir.Min_: _extreme,
     ir.LogSumExp_: lambda d, a, adj: d.push(a.body, adj * _softmax_weights(a)),
-    ir.Norm_: lambda d, a, adj: d.push(a.body, adj * _mask(a) * a.body / a),
+    ir.Norm_: _norm,
     ir.Softmax: _softmax,
     ir.LogSoftmax: _log_softmax,
     ir.Normalize: _normalize,
