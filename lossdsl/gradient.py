@@ -40,12 +40,6 @@ class NeedsAutogradError(Exception):
     """A construct with no symbolic derivative here (fn calls, grad, mean over a broadcast shape)."""
 
 
-def iverson(cond: sp.Basic) -> sp.Expr:
-    if cond == sp.true:
-        return sp.Integer(1)
-    return sp.Piecewise((1, cond), (0, True))
-
-
 @dataclass
 class Gradient:
     """d(reduced loss)/d wrt[axes]: an IR expression whose free indices are wrt's own axes."""
@@ -285,7 +279,7 @@ class Deriver:
         mapping = {k: v for k, v in mapping.items() if k != v}
         body = rename(adj, mapping) if mapping else adj
         for s, t in conds:
-            body = body * iverson(sp.Eq(t, rename(s, mapping)))
+            body = body * ir.iverson(sp.Eq(t, rename(s, mapping)))
         return _sum(body, rest)
 
 
@@ -337,7 +331,7 @@ def _leaf(d: Deriver, a: sp.Basic, adj: sp.Expr) -> None:
 
 
 def _mask(a: ir._Reduction) -> sp.Expr:
-    return iverson(a.cond)
+    return ir.iverson(a.cond)
 
 
 def _count(a: ir._Reduction) -> sp.Expr:
@@ -353,7 +347,7 @@ def _extreme(d: Deriver, a: ir._Reduction, adj: sp.Expr) -> None:
     if a.body.has(sp.Piecewise):  # SymPy would fold the `where` out of [body == max] without end
         hit = (1 + (1 if isinstance(a, ir.Max_) else -1) * sp.sign(a.body - a)) * _mask(a)
     else:
-        hit = iverson(sp.And(sp.Eq(a.body, a), a.cond))
+        hit = ir.iverson(sp.And(sp.Eq(a.body, a), a.cond))
     d.push(a.body, adj * hit / ir.Sum_(hit, a.args[1], sp.true))
 
 

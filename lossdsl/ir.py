@@ -256,6 +256,11 @@ def expressions(loss: LossIR) -> list[sp.Basic]:
     return [v for f in dataclasses.fields(loss) if isinstance(v := getattr(loss, f.name), sp.Basic)]
 
 
+def iverson(cond: sp.Basic) -> sp.Expr:
+    """[cond]: 1 where it holds, else 0, as a Piecewise (what the emitter turns into masks and scatters)."""
+    return sp.Integer(1) if cond == sp.true else sp.Piecewise((1, cond), (0, True))
+
+
 def host_symbols(loss: LossIR) -> set[sp.Basic]:
     """The scalar float parameters worth reading as numbers: those in a power's exponent (pow(x, 2.0) is a
     multiply) and those of comparisons between such parameters and numbers alone (`alpha >= 0` picks a

@@ -25,7 +25,6 @@ from .scope import free_indices
 from .stable import (
     adds_axis,
     clamped_log,
-    iverson,
     log_cosh,
     log_ratio,
     logaddexp,
@@ -325,7 +324,7 @@ def safe_xlogy(x: sp.Expr, y: sp.Expr, ctx: Ctx) -> sp.Expr:
     if ctx.bounds(y)[0] > 0:
         return ir.xlogy(x, y)
     zero = sp.Eq(x, 0)
-    return sp.Piecewise((x * sp.log(shifted(y * iverson(sp.Not(zero)), zero, 1)), sp.Not(zero)), (0, True))
+    return sp.Piecewise((x * sp.log(shifted(y * ir.iverson(sp.Not(zero)), zero, 1)), sp.Not(zero)), (0, True))
 
 
 def r_xlogy_at_zero(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
@@ -377,7 +376,7 @@ def r_guarded_branch(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
     u = cond.lhs
     if not _open_poles(expr, u, ctx):
         return None
-    safe = shifted(u * iverson(cond), sp.Not(cond), cond.rhs + step)
+    safe = shifted(u * ir.iverson(cond), sp.Not(cond), cond.rhs + step)
     return sp.Piecewise((_substitute(expr, u, safe), cond), *rest)
 
 

@@ -48,15 +48,11 @@ def logaddexp(u: sp.Expr, v: sp.Expr) -> sp.Expr:
     return sp.Max(u, v) + softplus(-sp.Abs(u - v))
 
 
-def iverson(cond: sp.Basic) -> sp.Expr:
-    return sp.Piecewise((1, cond), (0, True))
-
-
 def shifted(value: sp.Expr, bad: sp.Basic, by: sp.Expr) -> sp.Expr:
     """value + by where `bad` holds: the inner half of the double-where that keeps an unused branch's
     gradient finite (sqrt'(0) * 0 would be NaN). An addition, not a Piecewise, because SymPy folds
     `Piecewise(...)**e` into the branches and the guard would vanish."""
-    return value + by * iverson(bad)
+    return value + by * ir.iverson(bad)
 
 
 def log_cosh(a: sp.Expr) -> sp.Expr:
