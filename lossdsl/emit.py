@@ -16,7 +16,7 @@ import sympy as sp
 
 from . import ir
 from .errors import KindError
-from .scope import ELLIPSIS, free_indices
+from .scope import ELLIPSIS, free_indices, rename
 
 FUNCS: dict[type, str] = {
     sp.exp: "torch.exp", sp.log: "torch.log", sp.Abs: "torch.abs", sp.sign: "torch.sign", sp.sin: "torch.sin",
@@ -605,6 +605,10 @@ class Emitter:
 
     def at(self, e: ir.At) -> V:
         body, axes, values = e.args
+        if isinstance(body, ir.Sum_) and body not in self.memo and all(ir.is_index(v) for v in values):
+            # s[i, i] of a sum not otherwise computed: the sum over the renamed body (a row-wise dot product),
+            # not the whole matrix then its diagonal (a fused info_nce backward ran a GEMM for it)
+            return self.emit(rename(body, dict(zip(axes, values, strict=True))))
         src = self.emit(body)
         lookup = dict(zip((str(a) for a in axes), values, strict=True))
         slots = [lookup.get(lab, ir.index_symbol(lab)) for lab in src.labels]
