@@ -2,7 +2,8 @@
 
 A value knows its axis labels (index names); elementwise ops align labels by permute/unsqueeze, reductions
 name their dims, `sum` of a product becomes one `torch.einsum` (a matmul, never an [i, j, d] temporary),
-gathers use `gather`/indexing. Identical sub-expressions are emitted once (the memo is the CSE).
+gathers use `gather`/indexing, one-hot and off-diagonal masks are scatters and diagonal sets (masks.py).
+Identical sub-expressions are emitted once (the memo is the CSE).
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import sympy as sp
 
 from . import ir
 from .errors import KindError
+from .masks import MaskLowering
 from .scope import ELLIPSIS, free_indices, rename
+from .values import V, _literal, _paren
 
 FUNCS: dict[type, str] = {
     sp.exp: "torch.exp", sp.log: "torch.log", sp.Abs: "torch.abs", sp.sign: "torch.sign", sp.sin: "torch.sin",
@@ -40,25 +42,7 @@ NORMALISE_CALL = {"softmax": "torch.softmax({t}, dim={d})", "log_softmax": "torc
                   "normalize": "torch.nn.functional.normalize({t}, dim={d})"}
 
 
-@dataclass(frozen=True)
-class V:
-    """An emitted value: Python code (usually a variable), its axis labels and its flavour.
-
-    kind: "tensor"; "num" (a Python literal); "py" (a Python int/bool such as an int parameter or a size).
-    ell: the value carries the leading broadcast dims of undeclared-shape inputs.
-    """
-
-    code: str
-    labels: tuple[str, ...] = ()
-    kind: str = "tensor"
-    ell: bool = False
-
-    @property
-    def is_tensor(self) -> bool:
-        return self.kind == "tensor"
-
-
-class Emitter:
+class Emitter(MaskLowering):
     """Emits one loss body; `names` resolves input/parameter symbols to the variables bound in forward()."""
 
     def __init__(self, order: list[str], size_var: Callable[[str], str],
@@ -679,127 +663,6 @@ class Emitter:
             idx += f".expand({', '.join(shape)})"
         return self.tmp(f"{src.code}.gather({p}, {idx}).squeeze({p})", tuple(others))
 
-    # ---- one-hot products: a gradient reaching x[n, y[n]] is `v[n] * [c == y[n]]`, dense only at one c
-    def split_one_hot(self, term: sp.Basic) -> tuple[sp.Symbol, sp.Indexed, sp.Expr] | None:
-        """(i, g, rest) when term = rest * [i == g], g a read of an index input and rest free of i, all of
-        declared shape (decided before anything is emitted, so a miss leaves no dead temporaries)."""
-        factors = sp.Mul.make_args(term)
-        hits = [(f, h) for f in factors if (h := one_hot(f)) and h[1].base.name in self.gather_names]
-        if len(hits) != 1:
-            return None
-        (f, (i, g)), = hits
-        rest = sp.Mul(*(x for x in factors if x is not f))
-        names = {x.name for x in (rest.free_symbols | g.free_symbols) if not ir.is_index(x)}
-        if i in free_indices(rest) or not free_indices(g) or any(
-                n in self.names and self.names[n].ell for n in names):
-            return None
-        return i, g, rest
-
-    def picked(self, g: sp.Indexed, rest: sp.Expr) -> tuple[V, V]:
-        """The gathering index and the value placed at it: rest, or 0 where g is out of range (an
-        ignore_index: the gathering copy is then a clamped one), whose one-hot row is all zero."""
-        raw, idx, val = self.emit(g), self.gather_index(g), self.emit(rest)
-        key = sp.Tuple(sp.Symbol("@picked"), g, rest)  # memoised: a gradient places rest twice (CE)
-        if idx.code != raw.code and key not in self.memo:
-            if val.is_tensor and set(raw.labels) <= set(val.labels):  # the copy is the index when none is out
-                self.memo[key] = self.combine([raw, idx, val], lambda c: (
-                    f"{c[2]} if {idx.code} is {raw.code} else torch.where({c[0]} == {c[1]}, {c[2]}, 0.0)"))
-            else:
-                ok = self.combine([raw, idx], lambda c: f"{c[0]} == {c[1]}")
-                self.memo[key] = self.where(ok, val, V("0.0", kind="num"))
-        return idx, self.memo.get(key, val)
-
-    def laid(self, v: V, labels: tuple[str, ...], dim: int) -> str:
-        """v over `labels` at full size, with a size-1 dim inserted at `dim` (scatter's index and source)."""
-        code = self.align(v, labels)
-        if v.labels != labels:
-            code = f"{code}.expand({self.sizes(labels)})"
-        return f"{code}.unsqueeze({dim})"
-
-    def try_scatter(self, e: sp.Mul) -> V | None:
-        """rest * [i == g] → zeros with rest scattered along i: one write of the result instead of an
-        arange, a compare, a cast and a multiply over the dense [.., i] shape."""
-        split = self.split_one_hot(e)
-        if not split:
-            return None
-        i, (idx, val) = str(split[0]), self.picked(split[1], split[2])
-        out = tuple(sorted({*idx.labels, *val.labels, i}, key=self.rank))
-        others, dim = tuple(x for x in out if x != i), out.index(i)
-        src = self.laid(val, others, dim) if val.is_tensor else val.code
-        return self.tmp(f"torch.zeros({self.sizes(out)}, dtype=_dt, device=_dev)"
-                        f".scatter_({dim}, {self.laid(idx, others, dim)}, {src})", out)
-
-    def try_scatter_add(self, e: sp.Add) -> V | None:
-        """dense + rest * [i == g] → the dense terms with rest added at i (softmax - one-hot of cross entropy)."""
-        splits = [(t, s) for t in e.args if (s := self.split_one_hot(t))]
-        if len(splits) != 1:
-            return None
-        term, (i, g, rest) = splits[0]
-        dense = e - term
-        axes = set(free_indices(dense))
-        if i not in axes or ELLIPSIS in axes or not set(free_indices(term)) <= axes:
-            return None
-        acc = self.emit(dense)
-        idx, val = self.picked(g, rest)
-        dim = acc.labels.index(str(i))
-        others = tuple(x for x in acc.labels if x != str(i))
-        val = self.expand_to(val, others) if not val.is_tensor else val
-        return self.tmp(f"{acc.code}.scatter_add({dim}, {self.laid(idx, others, dim)}, "
-                        f"{self.laid(val, others, dim)})", acc.labels)
-
-    def try_pick(self, body: sp.Basic, idx: list[str]) -> V | None:
-        """sum_i(rest * [i == g]) = rest where g is in range: no dense one-hot to build and sum."""
-        split = self.split_one_hot(body) if len(idx) == 1 else None
-        if not split or str(split[0]) != idx[0]:
-            return None
-        idx_v, val = self.picked(split[1], split[2])
-        return self.expand_to(val, tuple(sorted({*idx_v.labels, *val.labels}, key=self.rank)))
-
-    # ---- masks of the diagonal: [i != j] over one axis is a dense compare and select; setting the diagonal
-    # of a copy costs one copy and N writes (contrastive losses: the positive excluded from the negatives)
-    def off_diagonal(self, cond: sp.Basic) -> tuple[str, str] | None:
-        """(i, j) when cond is i != j for two index symbols (i == j is the main diagonal, square or not)."""
-        if not (isinstance(cond, sp.Ne) and all(ir.is_index(x) and x != ELLIPSIS for x in cond.args)):
-            return None
-        i, j = (str(x) for x in cond.args)
-        return (i, j) if i != j else None
-
-    def diagonal_set(self, v: V, i: str, j: str, fill: str) -> V:
-        """v over (.., i, .., j, ..) with its i == j entries set to the number `fill` (a new tensor)."""
-        v = self.expand_to(v if v.is_tensor else self.expand_to(v, ()), tuple(sorted({*v.labels, i, j},
-                                                                                        key=self.rank)))
-        d1, d2 = self.dims(v, [i]), self.dims(v, [j])
-        code = f"_diagonal_set({v.code}, {fill}, {d1}, {d2})"
-        if code not in self.calls:  # a gradient masks one matrix in several terms
-            self.calls[code] = self.tmp(code, v.labels, v.ell)
-        return self.calls[code]
-
-    def try_diagonal_piecewise(self, pieces: list) -> V | None:
-        """where(i != j, a, number) and where(i == j, number, b) → a (or b) with its diagonal set."""
-        if len(pieces) != 2 or pieces[1].cond != sp.true:
-            return None
-        (a, cond), (b, _) = pieces
-        if isinstance(cond, sp.Eq):
-            cond, a, b = sp.Ne(*cond.args, evaluate=False), b, a
-        pair = self.off_diagonal(cond)
-        if not pair or not b.is_number or (a == 1 and b == 0):  # the bare [i != j]: a product's factor
-            return None
-        return self.diagonal_set(self.emit(a), *pair, _literal(b))
-
-    def off_diagonal_factor(self, e: sp.Basic) -> sp.Piecewise | None:
-        """The one factor [i != j] of a product, if it has exactly one."""
-        hits = [f for f in sp.Mul.make_args(e) if isinstance(f, sp.Piecewise) and len(f.args) == 2
-                and f.args[0].expr == 1 and f.args[1].expr == 0 and self.off_diagonal(f.args[0].cond)]
-        return hits[0] if len(hits) == 1 else None
-
-    def try_off_diagonal_product(self, e: sp.Mul) -> V | None:
-        """rest * [i != j] → rest with its diagonal set to 0 (as a bracket, 0 even where rest is not finite)."""
-        mask = self.off_diagonal_factor(e)
-        if mask is None:
-            return None
-        rest = sp.Mul(*(f for f in e.args if f is not mask))
-        return self.diagonal_set(self.emit(rest), *self.off_diagonal(mask.args[0].cond), "0.0")
-
     # ---- calls
     def fncall(self, e: ir.FnCall) -> V:
         f, args, labels = e.args
@@ -863,18 +726,6 @@ class Emitter:
         return self.tmp(f"torch.autograd.grad({total}, {wrt.code}, create_graph=True)[0]", wrt.labels, wrt.ell)
 
 
-def one_hot(f: sp.Basic) -> tuple[sp.Symbol, sp.Indexed] | None:
-    """(i, g) when f is the indicator [i == g] of an index equal to a gathered value."""
-    if not (isinstance(f, sp.Piecewise) and len(f.args) == 2 and f.args[0].expr == 1 and f.args[1].expr == 0
-            and f.args[1].cond == sp.true and isinstance(f.args[0].cond, sp.Eq)):
-        return None
-    cond = f.args[0].cond
-    for i, g in ((cond.lhs, cond.rhs), (cond.rhs, cond.lhs)):
-        if ir.is_index(i) and i != ELLIPSIS and isinstance(g, sp.Indexed) and i not in free_indices(g):
-            return i, g
-    return None
-
-
 def _letters(labels: tuple[str, ...]) -> dict[str, str]:
     """einsum letters that echo the index names where possible (i, j, d rather than a, b, c)."""
     out: dict[str, str] = {}
@@ -883,22 +734,3 @@ def _letters(labels: tuple[str, ...]) -> dict[str, str]:
         pick = first if first.isascii() and first.isalpha() and first not in out.values() else None
         out[lab] = pick or next(c for c in string.ascii_letters if c not in out.values())
     return out
-
-
-def _literal(e: sp.Basic) -> str:
-    if e.is_Integer:
-        return f"{int(e)}.0" if abs(int(e)) < 1 << 53 else repr(float(e))
-    value = float(e)
-    return repr(value) if value == value and abs(value) != float("inf") else f"float('{value}')"
-
-
-def _paren(code: str) -> str:
-    if code.isidentifier() or code.replace(".", "", 1).isdigit():
-        return code
-    depth = 0
-    for ch in code:
-        depth += ch in "([{"
-        depth -= ch in ")]}"
-        if depth == 0 and ch in " +-*/<>=&|~":
-            return f"({code})"
-    return code
