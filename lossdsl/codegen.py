@@ -78,7 +78,7 @@ def _param(module, name, device, dtype):
     buf = getattr(module, name)
     if buf.dtype == dtype and buf.device == device:
         return buf
-    if _compiling():
+    if buf.requires_grad or _compiling():  # a copy in the graph is made afresh for each call
         return buf.to(device=device, dtype=dtype)
     cache = module.__dict__.setdefault("_param_copies", {})
     hit = cache.get((name, dtype, device))

@@ -232,6 +232,12 @@ def test_fixed_parameters_are_converted_once_and_follow_their_buffers() -> None:
     out = torch.func.functional_call(module, {"weight": other}, (x, y))
     torch.testing.assert_close(out, F.nll_loss(x, y, weight=other.float()))
     torch.testing.assert_close(module(x, y), ref())
+    leaf = other.clone().requires_grad_()  # a weight in the graph: converted per call, its gradient flows
+    for _ in range(2):
+        (g,) = torch.autograd.grad(torch.func.functional_call(module, {"weight": leaf}, (x, y)), leaf)
+        w = leaf.float()[y]  # torch's nll_loss has no weight gradient: its formula, by hand
+        (g_ref,) = torch.autograd.grad(-(w * x.gather(1, y[:, None]).squeeze(1)).sum() / w.sum(), leaf)
+        torch.testing.assert_close(g, g_ref)
 
 
 @pytest.mark.parametrize("shape", [(5, 7), (5, 7, 1), (5, 7, 1, 1), (5, 7, 3), (2, 5, 7, 1)])
