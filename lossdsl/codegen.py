@@ -65,11 +65,7 @@ def _host(module, name, device, dtype):
     buf = getattr(module, name)
     if buf.dim() != 0 or buf.requires_grad or _compiling():
         return buf.to(device=device, dtype=dtype)
-    cache = module.__dict__.setdefault("_host_values", {})
-    hit = cache.get(name)
-    if hit is None or hit[0] is not buf or hit[1] != buf._version:
-        hit = cache[name] = (buf, buf._version, float(buf))
-    return hit[2]
+    return _per_version(module, ("host", name), buf, float)
 
 
 def _param(module, name, device, dtype):
@@ -80,10 +76,16 @@ def _param(module, name, device, dtype):
         return buf
     if buf.requires_grad or _compiling():  # a copy in the graph is made afresh for each call
         return buf.to(device=device, dtype=dtype)
-    cache = module.__dict__.setdefault("_param_copies", {})
-    hit = cache.get((name, dtype, device))
+    return _per_version(module, ("param", name, dtype, device), buf, lambda b: b.to(device=device, dtype=dtype))
+
+
+def _per_version(module, key, buf, make):
+    """make(buf), remembered until the buffer is replaced or changed in place (its version counter moves).
+    The buffer itself is kept, not its id(): a freed buffer's id can come back for its replacement."""
+    cache = module.__dict__.setdefault("_lossdsl_per_version", {})
+    hit = cache.get(key)
     if hit is None or hit[0] is not buf or hit[1] != buf._version:
-        hit = cache[(name, dtype, device)] = (buf, buf._version, buf.to(device=device, dtype=dtype))
+        hit = cache[key] = (buf, buf._version, make(buf))
     return hit[2]
 
 
@@ -452,10 +454,13 @@ class SourceBuilder:
             names[p.name] = self.bind_param(p)
         return names
 
+    def host_symbols(self) -> set[sp.Basic]:
+        return ir.host_symbols(self.loss)
+
     def bind_host_params(self) -> dict[str, V]:
         """Scalar float parameters that are exponents or decide a condition alone, also read as Python
         numbers (see _host, _where)."""
-        host = ir.host_symbols(self.loss)
+        host = self.host_symbols()
         out = {}
         for p in self.loss.params:
             if sp.Symbol(p.name, real=True) in host:

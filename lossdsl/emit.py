@@ -174,12 +174,9 @@ class Emitter(MaskLowering):
         return self.try_scatter_add(e) or self.sum_of_terms(e)
 
     def sum_of_terms(self, e: sp.Add) -> V:
-        terms = sorted(e.args, key=lambda t: t.could_extract_minus_sign())
-        signs, vals = [], []
-        for t in terms:
-            neg = t.could_extract_minus_sign()
-            signs.append("-" if neg else "+")
-            vals.append(self.emit(-t if neg else t))
+        terms = signed_terms(e)
+        signs = [sign for sign, _ in terms]
+        vals = [self.emit(t) for _, t in terms]
 
         def make(codes: list[str]) -> str:
             out = ("-" if signs[0] == "-" else "") + codes[0]
@@ -264,15 +261,22 @@ class Emitter(MaskLowering):
         return self.combine([b, x], lambda c: f"{_paren(c[0])} ** {_paren(c[1])}")
 
     def host_exponent(self, exp: sp.Basic) -> V | None:
-        """An exponent of host parameters and numbers alone (gamma, gamma - 1 in a gradient) as a Python
-        expression of their run-time numbers (codegen._host): pow(x, 1.0) is a multiply's cost, pow(x, a
-        0-dim tensor) a generic pow's."""
-        names = {x.name for x in exp.free_symbols}
-        if not names or not names <= set(self.host_params) or any(
-                not isinstance(n, (sp.Add, sp.Mul, sp.Pow, sp.Symbol, sp.Number)) for n in sp.preorder_traversal(exp)):
+        """An exponent of host parameters (gamma, gamma - 1 in a gradient) as a Python expression of their
+        run-time numbers: pow(x, 1.0) is a multiply's cost, pow(x, a 0-dim tensor) a generic pow's."""
+        code = self.host_code(exp) if exp.free_symbols else None
+        return V(code, kind="num") if code else None
+
+    def host_code(self, e: sp.Basic) -> str | None:
+        """e as Python code over the run-time numbers of host parameters (codegen._host), when it holds only
+        those and numbers joined by arithmetic; else None."""
+        if e.is_number:
+            return _literal(e)
+        if not {x.name for x in e.free_symbols} <= set(self.host_params) or any(
+                not isinstance(n, (sp.Add, sp.Mul, sp.Pow, sp.Symbol, sp.Number)) for n in sp.preorder_traversal(e)):
             return None
-        spelled = exp.xreplace({x: sp.Symbol(self.host_params[x.name].code) for x in exp.free_symbols})
-        return V(f"({sp.sstr(spelled)})", kind="num")
+        if isinstance(e, sp.Symbol):
+            return self.host_params[e.name].code
+        return f"({sp.sstr(e.xreplace({x: sp.Symbol(self.host_params[x.name].code) for x in e.free_symbols}))})"
 
     def unary(self, fn: str, v: V) -> V:
         if not v.is_tensor:
@@ -359,15 +363,8 @@ class Emitter(MaskLowering):
         None: a Python bool at run time, or a tensor when a parameter is given per element (codegen._host)."""
         if not isinstance(cond, sp.core.relational.Relational) or not cond.free_symbols:
             return None
-        sides = []
-        for side in (cond.lhs, cond.rhs):
-            if side.is_number:
-                sides.append(_literal(side))
-            elif isinstance(side, sp.Symbol) and side.name in self.host_params:
-                sides.append(self.host_params[side.name].code)
-            else:
-                return None
-        return f"({sides[0]} {COMPARE[type(cond)]} {sides[1]})"
+        sides = [self.host_code(side) for side in (cond.lhs, cond.rhs)]
+        return None if None in sides else f"({sides[0]} {COMPARE[type(cond)]} {sides[1]})"
 
     def python_branches(self, pieces: list, conds: list[str]) -> V:
         """A choice made by Python values (a bool or int parameter, a size): only the branch taken runs.
@@ -724,6 +721,12 @@ class Emitter(MaskLowering):
         out = self.emit(e.args[0])
         total = out.code if not out.is_tensor else f"{out.code}.sum()"
         return self.tmp(f"torch.autograd.grad({total}, {wrt.code}, create_graph=True)[0]", wrt.labels, wrt.ell)
+
+
+def signed_terms(e: sp.Add) -> list[tuple[str, sp.Expr]]:
+    """The terms of a sum as (sign, term without its minus sign), positive ones first."""
+    terms = sorted(e.args, key=lambda t: t.could_extract_minus_sign())
+    return [("-", -t) if t.could_extract_minus_sign() else ("+", t) for t in terms]
 
 
 def _letters(labels: tuple[str, ...]) -> dict[str, str]:

@@ -22,7 +22,7 @@ import torch
 
 from . import ir
 from .codegen import _TMP, SourceBuilder, _free_temporaries, class_name, py_names
-from .emit import Emitter, V, _paren
+from .emit import Emitter, V, _paren, signed_terms
 from .gradient import BATCH, GRAD_OUT, LSUM, NUMEL, WSUM, Gradient, _larger_than, derive, effective_reduction
 from .scope import ELLIPSIS, free_indices, rename
 
@@ -76,14 +76,12 @@ class GradEmitter(Emitter):
     def sum_of_terms(self, e: sp.Add) -> V:
         """Full-size terms accumulated one line at a time, `tN = tA + tB`, which `_in_place` turns into
         tA.add_(tB) at tA's last use: a + b - c then holds one full-size result, not two."""
-        terms = sorted(e.args, key=lambda t: t.could_extract_minus_sign())
-        if len(terms) < 3 or terms[0].could_extract_minus_sign():
+        terms = signed_terms(e)
+        if len(terms) < 3 or terms[0][0] == "-":
             return super().sum_of_terms(e)
-        acc = self.emit(terms[0])
-        for t in terms[1:]:
-            neg = t.could_extract_minus_sign()
-            acc = self.combine([acc, self.emit(-t if neg else t)],
-                               lambda c, op="-" if neg else "+": f"{c[0]} {op} {c[1]}")
+        acc = self.emit(terms[0][1])
+        for sign, t in terms[1:]:
+            acc = self.combine([acc, self.emit(t)], lambda c, op=sign: f"{c[0]} {op} {c[1]}")
         return acc
 
     def is_scalar(self, f: sp.Basic) -> bool:
@@ -138,14 +136,9 @@ class GradientBuilder(SourceBuilder):
         self.expr, self.weight = loss.expr, loss.reduce_weight  # emitted only if a gradient needs them
         self.grads, self.vjp = grads, vjp
 
-    def bind_host_params(self) -> dict[str, V]:
-        """As the forward's, over the gradients' expressions too: d/dx of (1 - p)^gamma has (1 - p)^(gamma - 1)."""
-        real = self.loss
-        self.loss = dataclasses.replace(real, expr=sp.Add(self.expr, *(g.expr for g in self.grads)))
-        try:
-            return super().bind_host_params()
-        finally:
-            self.loss = real
+    def host_symbols(self) -> set[sp.Basic]:
+        """As the forward's, over the gradients too: d/dx of (1 - p)^gamma has (1 - p)^(gamma - 1)."""
+        return ir.host_symbols(self.loss, self.expr, *(g.expr for g in self.grads))
 
     def bind_input(self, i: ir.Input) -> None:
         if not i.is_integral:

@@ -261,13 +261,14 @@ def iverson(cond: sp.Basic) -> sp.Expr:
     return sp.Integer(1) if cond == sp.true else sp.Piecewise((1, cond), (0, True))
 
 
-def host_symbols(loss: LossIR) -> set[sp.Basic]:
+def host_symbols(loss: LossIR, *extra: sp.Basic) -> set[sp.Basic]:
     """The scalar float parameters worth reading as numbers: those in a power's exponent (pow(x, 2.0) is a
     multiply) and those of comparisons between such parameters and numbers alone (`alpha >= 0` picks a
-    branch). Eager code reads them through codegen._host, compiled mode writes them in (Specializer)."""
+    branch), in the loss's expressions and `extra` ones (a backward's gradients). Eager code reads them
+    through codegen._host, compiled mode writes them in (Specializer)."""
     params = {sp.Symbol(p.name, real=True) for p in loss.params if p.type is None and not p.axes}
     found: set[sp.Basic] = set()
-    for node in (n for e in expressions(loss) for n in sp.preorder_traversal(e)):
+    for node in (n for e in [*expressions(loss), *extra] for n in sp.preorder_traversal(e)):
         if isinstance(node, sp.Pow):
             found |= node.exp.free_symbols & params
         elif isinstance(node, sp.core.relational.Relational) and node.free_symbols <= params:
