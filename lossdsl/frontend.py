@@ -29,7 +29,8 @@ ELEMENTWISE: dict[str, Callable[..., sp.Expr]] = {
 }
 BINARY: dict[str, Callable[..., sp.Expr]] = {"min": sp.Min, "max": sp.Max, "xlogy": ir.xlogy}
 WHOLE = ("sum", "mean", "prod", "max", "min", "logsumexp", "norm")
-SUBSCRIPTED = re.compile(r"^(log_softmax|logsumexp|normalize|softmax|sum|mean|prod|max|min|norm)_(\w*)$")
+SUBSCRIPTED_OPS = ("log_softmax", "logsumexp", "normalize", "softmax", "sum", "mean", "prod", "max", "min", "norm")
+SUBSCRIPTED = re.compile(rf"^({'|'.join(SUBSCRIPTED_OPS)})_(\w*)$")
 CONSTANTS = {"pi": sp.pi, "true": sp.Integer(1), "false": sp.Integer(0)}
 COMPARE = {"==": sp.Eq, "!=": sp.Ne, "<": sp.Lt, "<=": sp.Le, ">": sp.Gt, ">=": sp.Ge}
 LossLookup = Callable[[str], "s.LossDef | None"]
@@ -265,6 +266,12 @@ class Lowerer:
         return [*self.inputs, *self.params, *self.values, *ELEMENTWISE, *BINARY, *WHOLE, "where", "clamp",
                 *(n.removeprefix("*").removeprefix(self.prefix) for n in self.axes.order)]
 
+    def known_functions(self, f: str) -> list[str]:
+        """What a call could have meant: the known names, and each subscripted op with f's own subscript
+        (`log_sofmax_c` → `log_softmax_c`)."""
+        subscripted = [f"{op}_{f.rsplit('_', 1)[1]}" for op in SUBSCRIPTED_OPS] if "_" in f else []
+        return [*self.known_names(), *subscripted]
+
     def name(self, e: s.Name) -> sp.Expr:
         n = e.name
         if n in self.values:
@@ -410,7 +417,7 @@ class Lowerer:
             return self.inline(callee, e)
         if f in BUILTINS:
             return self.builtin(e)
-        raise UnknownNameError(f"unknown function '{f}'" + did_you_mean(f, self.known_names()), e.span)
+        raise UnknownNameError(f"unknown function '{f}'" + did_you_mean(f, self.known_functions(f)), e.span)
 
     def builtin(self, e: s.Call) -> sp.Expr:
         """An opaque primitive of lossdsl.builtins: a call on whole tensors whose result is labelled like f(x)[n]."""

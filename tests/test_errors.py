@@ -13,6 +13,7 @@ COMPILE_ERRORS = [
     ("loss a(x[n, c]):\n    sum_c(x + (2)", lossdsl.LossSyntaxError, "unclosed bracket", (2, 18)),
     ("loss a(x):\n    x $ 2", lossdsl.LossSyntaxError, "unexpected character '$'", (2, 7)),
     ("loss a(x[n, c]):\n    sum_c(sigmod(x))", lossdsl.UnknownNameError, "did you mean 'sigmoid'", (2, 11)),
+    ("loss a(x[n, c]):\n    -log_sofmax_c(x)", lossdsl.UnknownNameError, "did you mean 'log_softmax_c'", (2, 6)),
     ("loss a(x[n, c]):\n    sum_c(xx)", lossdsl.UnknownNameError, "unknown name 'xx'; did you mean 'x'", (2, 11)),
     ("loss a(x[n, c]):\n    sum_k(x[n, c])", lossdsl.ScopeError, "index 'k' does not occur", (2, 5)),
     ("loss a(x[n, c]):\n    s[n] = x\n    s", lossdsl.ScopeError, "index 'c' is free on the right", (2, 5)),
