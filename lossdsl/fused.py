@@ -164,7 +164,7 @@ class GradientBuilder(SourceBuilder):
                 self.lines.append(f"{self.py[g.wrt]} = {self.py[g.wrt]}.detach().requires_grad_(True)")
         self.bind_reduction_symbols(em)
         outs = [self.shaped(em, g) for g in self.grads]
-        self.lines.append(f"return ({', '.join(outs)},)" if self.vjp else f"return {outs[0]}")
+        self.lines.append(self.returning(f"({', '.join(outs)},)" if self.vjp else outs[0]))
 
     def bind_reduction_symbols(self, em: Emitter) -> None:
         w = self.lines.append

@@ -131,10 +131,12 @@ def test_user_names_that_are_keywords_or_generated_names_work_and_keep_their_nam
     ([0.0, 1.0, 0.5], False), ([], False), ([float("nan"), 0.2], False),  # NaN: as plain comparisons say
     ([float("nan"), 1.5], True), ([0.2, 1.0000001], True), ([-1e-30, 0.5], True), ([float("inf")], True),
 ])
-def test_probability_range_check(values: list[float], bad: bool) -> None:
+@pytest.mark.parametrize("mode", ["eager", "fused"])
+def test_probability_range_check(values: list[float], bad: bool, mode: str) -> None:
     """The generated one-pass check (_outside: aminmax, then the exact test only when it flags) against the
-    rule it implements: a prob input with any value outside [0, 1] is refused, NaN is not judged."""
-    module = lossdsl.compile("loss l(p: prob):\n    p\n", reduction="sum")
+    rule it implements: a prob input with any value outside [0, 1] is refused, NaN is not judged. Compiled
+    mode's deferred check: tests/test_compiled.py."""
+    module = lossdsl.compile("loss l(p: prob):\n    p\n", reduction="sum", mode=mode)
     p = torch.tensor(values, dtype=torch.float64)
     if bad:
         with pytest.raises(lossdsl.InputError, match=r"'p' is a probability but has values outside \[0, 1\]"):

@@ -107,6 +107,26 @@ def test_compiled_matches_eager_values_and_gradients() -> None:
 
 
 @pytest.mark.slow
+def test_compiled_range_checks_see_past_nan() -> None:
+    """Compiled mode defers a prob check to the return (_check_range) and checks indices in the graph; both
+    must refuse what eager refuses. An aminmax is NaN when any value is, so it once let [nan, 1.5] through."""
+    prob = lossdsl.compile("loss l(p: prob):\n    p\n", reduction="sum", mode="compiled")
+    nan, inf = float("nan"), float("inf")
+    for values in ([nan, 1.5], [0.2, 1.0000001], [nan, -inf]):
+        with pytest.raises(lossdsl.InputError, match="'p' is a probability but has values outside"):
+            prob(torch.tensor(values, dtype=torch.float64))
+    torch.testing.assert_close(prob(torch.tensor([0.0, 1.0], dtype=torch.float64)),
+                               torch.tensor(1.0, dtype=torch.float64))
+    assert prob(torch.tensor([nan, 0.2], dtype=torch.float64)).isnan()
+    nll = lossdsl.stdlib.nll_loss(mode="compiled")
+    x = torch.randn(4, 3, dtype=torch.float64)
+    with pytest.raises(lossdsl.InputError, match="class index 3 outside"):
+        nll(x, torch.tensor([0, 3, 1, 2]))
+    torch.testing.assert_close(nll(x, torch.tensor([0, -100, 1, 2])),
+                               torch.nn.functional.nll_loss(x, torch.tensor([0, -100, 1, 2])))
+
+
+@pytest.mark.slow
 def test_compiled_off_diagonal_mask_has_eager_gradients() -> None:
     """info_nce's [j != i] mask: eager sets a diagonal with diagonal_scatter, whose gradient Inductor gets
     wrong (pytorch/pytorch#183602: x.grad came out 12.44 -> 14.32 in |sum|); compiled mode selects instead."""
