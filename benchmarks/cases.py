@@ -7,68 +7,24 @@ reduction) so that every variant computes the same number; run.py checks that th
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import importlib
+import warnings
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-Tensor = torch.Tensor
-Make = Callable[[int, torch.device, torch.dtype], tuple[Tensor, ...]]
-
-
-@dataclass
-class Case:
-    make: Make  # (elements, device, dtype) -> inputs, the differentiable ones with requires_grad
-    textbook: Callable[..., Tensor]
-    builtin: Callable[..., Tensor] | None = None
-    params: dict = field(default_factory=dict)
-    builtin_name: str = "torch"
-
-
-def _leaf(t: Tensor) -> Tensor:
-    return t.detach().requires_grad_(True)
-
-
-def pair(n: int, dev: torch.device, dt: torch.dtype) -> tuple[Tensor, ...]:
-    return _leaf(torch.randn(n, device=dev, dtype=dt)), torch.randn(n, device=dev, dtype=dt)
-
-
-def logits_binary(n: int, dev: torch.device, dt: torch.dtype) -> tuple[Tensor, ...]:
-    return _leaf(torch.randn(n, device=dev, dtype=dt)), (torch.rand(n, device=dev) > 0.5).to(dt)
-
-
-def probs_binary(n: int, dev: torch.device, dt: torch.dtype) -> tuple[Tensor, ...]:
-    return _leaf(torch.rand(n, device=dev, dtype=dt) * 0.98 + 0.01), (torch.rand(n, device=dev) > 0.5).to(dt)
-
-
-def segmentation(n: int, dev: torch.device, dt: torch.dtype) -> tuple[Tensor, ...]:
-    side = max(int(math.sqrt(n / 16)), 2)  # [4, 4, side, side]
-    p = torch.rand(4, 4, side, side, device=dev, dtype=dt)
-    return _leaf(p), (torch.rand(4, 4, side, side, device=dev) > 0.5).to(dt)
-
-
-def classes(n: int, dev: torch.device, dt: torch.dtype) -> tuple[Tensor, ...]:
-    c = 1024 if n >= 1 << 16 else 64
-    rows = max(n // c, 1)
-    return _leaf(torch.randn(rows, c, device=dev, dtype=dt)), torch.randint(c, (rows,), device=dev)
-
-
-def log_probs(n: int, dev: torch.device, dt: torch.dtype) -> tuple[Tensor, ...]:
-    x, y = classes(n, dev, dt)
-    return _leaf(torch.log_softmax(x.detach(), 1)), y
-
-
-def embeddings(n: int, dev: torch.device, dt: torch.dtype) -> tuple[Tensor, ...]:
-    """n counts similarity-matrix entries: rows x rows with rows = sqrt(n), d = 128."""
-    rows = max(int(math.sqrt(n)), 4)
-    return _leaf(torch.randn(rows, 128, device=dev, dtype=dt)), _leaf(torch.randn(rows, 128, device=dev, dtype=dt))
-
-
-def dist_pair(n: int, dev: torch.device, dt: torch.dtype) -> tuple[Tensor, ...]:
-    x = torch.log_softmax(torch.randn(max(n // 64, 1), 64, device=dev, dtype=dt), 1)
-    return _leaf(x), torch.softmax(torch.randn_like(x), 1)
+from case_kit import (
+    Case,
+    Tensor,
+    classes,
+    dist_pair,
+    embeddings,
+    log_probs,
+    logits_binary,
+    pair,
+    probs_binary,
+    segmentation,
+)
 
 
 # ---- textbook versions
@@ -137,6 +93,14 @@ def smooth_l1_textbook(x: Tensor, y: Tensor, beta: float = 1.0) -> Tensor:
     return torch.where(e < beta, 0.5 * e**2 / beta, e - 0.5 * beta).mean()
 
 
+def kl_div_builtin(x: Tensor, y: Tensor) -> Tensor:
+    """F.kl_div's default reduction ('mean', the stdlib's too), without its warning that 'batchmean' is the
+    true KL divergence: the warning would be printed on every timed call."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "reduction: 'mean' divides", UserWarning)
+        return F.kl_div(x, y)
+
+
 CASES: dict[str, Case] = {
     "sigmoid_focal_loss": Case(logits_binary, focal_textbook),
     "dice_loss": Case(segmentation, dice_textbook),
@@ -157,5 +121,17 @@ CASES: dict[str, Case] = {
         logits_binary, lambda x, y: -(y * torch.log(torch.sigmoid(x)) + (1 - y) * torch.log(1 - torch.sigmoid(x))
                                       ).mean(), F.binary_cross_entropy_with_logits),
     "soft_margin_loss": Case(pair, lambda x, y: torch.log(1 + torch.exp(-y * x)).mean(), F.soft_margin_loss),
-    "kl_div": Case(dist_pair, lambda x, y: (y * (torch.log(y) - x)).mean(), F.kl_div),
+    "kl_div": Case(dist_pair, lambda x, y: (y * (torch.log(y) - x)).mean(), kl_div_builtin),
 }
+
+
+def _more_cases() -> dict[str, Case]:
+    """The cases of benchmarks/cases_<group>.py, one module per group of stdlib losses, each with its CASES."""
+    here = Path(__file__).resolve().parent
+    out: dict[str, Case] = {}
+    for path in sorted(here.glob("cases_*.py")):
+        out.update(importlib.import_module(path.stem).CASES)
+    return out
+
+
+CASES.update(_more_cases())
