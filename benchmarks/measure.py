@@ -21,9 +21,15 @@ class Timing:
     first: float  # the first call (compilation, for compiled mode)
 
 
-def step(fn: Callable, inputs: Sequence[torch.Tensor]) -> Callable[[], None]:
+def tensors(inputs: Sequence) -> list[torch.Tensor]:
+    """The tensor inputs: a loss may also take a function (wgan_gp_d_loss's critic), which is neither
+    differentiated nor counted as traffic."""
+    return [t for t in inputs if isinstance(t, torch.Tensor)]
+
+
+def step(fn: Callable, inputs: Sequence) -> Callable[[], None]:
     """One forward + backward: gradients of the scalar loss for every input that requires them."""
-    diff = [t for t in inputs if t.requires_grad]
+    diff = [t for t in tensors(inputs) if t.requires_grad]
 
     def run() -> None:
         out = fn(*inputs)
@@ -109,8 +115,8 @@ def peak_bandwidth(device: torch.device) -> float | None:
     return 2 * clock_khz * 1e3 * bus_bits / 8 if clock_khz and bus_bits else None
 
 
-def min_traffic(inputs: Sequence[torch.Tensor]) -> int:
+def min_traffic(inputs: Sequence) -> int:
     """Bytes a perfect fused kernel moves: read every input twice (forward, backward), write each gradient."""
-    reads = 2 * sum(t.numel() * t.element_size() for t in inputs)
-    writes = sum(t.numel() * t.element_size() for t in inputs if t.requires_grad)
+    reads = 2 * sum(t.numel() * t.element_size() for t in tensors(inputs))
+    writes = sum(t.numel() * t.element_size() for t in tensors(inputs) if t.requires_grad)
     return reads + writes

@@ -57,9 +57,10 @@ def ctc_nll(log_probs: Tensor, targets: Tensor, input_lengths: Tensor, target_le
     start = used & (torch.arange(width, device=ext.device) < 2)
     alpha = _masked(emit[0], start) if steps else emit.new_full((batch, width), float("-inf"))
     alphas = [alpha]
+    frames = emit.unbind(0)  # one backward node for all steps: emit[t] per step zero-fills a whole emit each
     for t in range(1, steps):
         one, two = _shifted(alpha, 1), _masked(_shifted(alpha, 2), skip)
-        alpha = _masked(_log_sum(alpha, one, two) + emit[t], used)
+        alpha = _masked(_log_sum(alpha, one, two) + frames[t], used)
         alphas.append(alpha)
     return _finish(alphas, input_lengths.long(), target_lengths.long())
 
