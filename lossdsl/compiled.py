@@ -26,6 +26,7 @@ import time
 import types
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import sympy as sp
 import torch
@@ -59,6 +60,8 @@ def build(loss, module: torch.nn.Module, *, dynamic: bool | None = None, fused: 
     Specializer); it follows their buffers, so a changed value recompiles rather than goes stale."""
     if recompute not in POLICIES:
         raise ValueError(f"recompute must be one of {', '.join(map(repr, POLICIES))}, got {recompute!r}")
+    if _differentiates_inside(loss):
+        return _uncompiled(loss, module)
     eager_class = type(module)
     base = base_module(loss, module) if fused else module
     spec = Specializer(loss, base) if specialize and type(base) is eager_class else None
@@ -69,6 +72,34 @@ def build(loss, module: torch.nn.Module, *, dynamic: bool | None = None, fused: 
     base.compile_options = {"dynamic": dynamic, "fused": type(base) is not eager_class, "recompute": recompute,
                             "specialized": sorted(spec.names) if spec else []}
     return base
+
+
+def _differentiates_inside(loss) -> bool:
+    """Whether the loss takes a gradient itself (`grad(critic(xhat), xhat)`, WGAN-GP): its backward is a
+    double backward, which torch.compile's AOTAutograd does not support (2.13), and Dynamo's graph break at
+    torch.autograd.grad cuts xhat off from the graph that reads it."""
+    values = (getattr(loss.ir, f.name) for f in dataclasses.fields(loss.ir))
+    return any(isinstance(v, sp.Basic) and v.has(ir.Grad) for v in values)
+
+
+def _uncompiled(loss, module: torch.nn.Module) -> torch.nn.Module:
+    """The eager module, said so at build time and in compile_options, rather than a compiled one that raises
+    on its first backward."""
+    warnings.warn(f"lossdsl: {loss.name} takes a gradient inside (grad(...)), which torch.compile cannot "
+                  "differentiate again; mode='compiled' runs it eagerly", RuntimeWarning, stacklevel=_user_level())
+    module.compile_seconds, module.compile_log = 0.0, []
+    module.compile_options = {"compiled": False, "reason": "grad() inside the loss: double backward"}
+    return module
+
+
+def _user_level() -> int:
+    """warnings' stacklevel of the first caller outside lossdsl: compile() is reached through one to four
+    of its own frames (lossdsl.compile, Loss.compile, a stdlib factory, build_mode)."""
+    package = str(Path(__file__).resolve().parent)
+    frame, level = inspect.currentframe(), 1
+    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level - 1
 
 
 class Specializer:

@@ -232,3 +232,25 @@ def test_compiled_follows_a_changed_parameter() -> None:
         torch.testing.assert_close(out, ref)
         torch.testing.assert_close(torch.autograd.grad(out, x)[0], torch.autograd.grad(ref, x)[0])
     assert len(fast.compile_log) == 2
+
+
+def test_a_loss_that_takes_a_gradient_runs_eagerly_in_compiled_mode() -> None:
+    """WGAN-GP differentiates its critic inside the loss; torch.compile cannot differentiate that again, so
+    compiled mode says so (a warning pointing at the caller, compile_options) and gives eager's numbers
+    instead of raising on the first backward."""
+    torch.manual_seed(0)
+    critic = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.Tanh(),
+                                 torch.nn.Linear(8, 1)).double()
+    real = torch.randn(5, 1, 4, 4, dtype=torch.float64)
+    fake = torch.randn(5, 1, 4, 4, dtype=torch.float64, requires_grad=True)
+    u = torch.rand(5, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="wgan_gp_d_loss takes a gradient inside") as caught:
+        fast = lossdsl.stdlib.wgan_gp_d_loss(mode="compiled")
+    assert caught[0].filename == __file__
+    assert fast.inner.compile_options["compiled"] is False
+    eager = lossdsl.stdlib.wgan_gp_d_loss()
+    wrt = [fake, *critic.parameters()]
+    out, ref = fast(critic, real, fake, u), eager(critic, real, fake, u)
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(torch.autograd.grad(out, wrt), torch.autograd.grad(ref, wrt), strict=True):
+        torch.testing.assert_close(a, b)
