@@ -149,6 +149,15 @@ def _outside(x, lo, hi, hi_open=False):
     return bool(((x < lo) | ((x >= hi) if hi_open else (x > hi))).any())
 
 
+def _stable_rank(v, descending):
+    """For each element of v, how many elements a stable sort (ascending or descending) puts before it:
+    sum_m([v[m] < v[n]] + [m < n and v[m] == v[n]]) in O(n log n) instead of an [n, n] comparison. NaN
+    compares false with everything there: it ranks 0 and counts for no other (sorted last, then zeroed)."""
+    order = torch.argsort(-v if descending else v, stable=True)
+    rank = torch.empty_like(order).scatter_(0, order, torch.arange(v.shape[0], device=v.device))
+    return torch.where(torch.isnan(v), 0, rank).to(v.dtype)
+
+
 def _check_range(module, late, x, lo, hi, message):
     """A value range check (`p: prob`) that raises at once in eager code but, while torch.compile traces,
     only records its flag in `late` for _raise_late at the return: the flag's reduction then fuses into the

@@ -78,3 +78,44 @@ def test_off_diagonal_masks_set_the_diagonal_and_match_torch(name: str, mode: st
     if name == "bracket":
         inf_diag = torch.diag(torch.full((4,), torch.inf, dtype=D)) + torch.ones(4, 4, dtype=D)
         assert torch.isfinite(module(inf_diag)).all()
+
+
+RANKS = {  # sum_m over a pair of indicators: the stable rank, lowered to a sort
+    "ascending": "loss r(v[n]):\n    sum_m([v[m] < v[n]] + [m < n and v[m] == v[n]])",
+    "descending": "loss r(v[n]):\n    sum_m([v[m] > v[n]] + [m < n and v[m] == v[n]])",
+    "of an expression": "loss r(v[n]):\n    sum_m([2 * v[m] > 2 * v[n]] + [v[n] == v[m] and n > m])",
+}
+
+
+def _pairwise_rank(v: torch.Tensor, descending: bool) -> torch.Tensor:
+    """The definition, as an [n, n] comparison."""
+    before = (v[:, None] > v[None, :]) if descending else (v[:, None] < v[None, :])
+    earlier = torch.arange(len(v))[:, None] < torch.arange(len(v))[None, :]
+    return (before | (earlier & (v[:, None] == v[None, :]))).sum(0).to(v.dtype)
+
+
+@pytest.mark.parametrize("name", sorted(RANKS))
+def test_stable_rank_is_a_sort_with_the_pairwise_values(name: str) -> None:
+    nan, inf = float("nan"), float("inf")
+    values = [[3.0, 1.0, 3.0, -0.0, 0.0, 2.0, 1.0], [nan, 1.0, nan, -inf, inf, 1.0, -inf, 0.5], [5.0], []]
+    module = lossdsl.compile(RANKS[name], reduction="none")
+    assert "_stable_rank(" in type(module).__lossdsl_source__
+    for v in values:
+        v = torch.tensor(v, dtype=torch.float64)
+        assert torch.equal(module(v), _pairwise_rank(v, name != "ascending")), v
+
+
+def test_ohem_keeps_the_hardest_without_a_pairwise_matrix() -> None:
+    """OHEM's keep mask through the sort, against torch's topk of the per-sample cross-entropy (the values
+    are distinct), in eager and fused mode; the rank itself has no gradient."""
+    torch.manual_seed(0)
+    x, y = torch.randn(300, 7, dtype=torch.float64), torch.randint(7, (300,))
+    ce = F.cross_entropy(x, y, reduction="none")
+    for mode in ("eager", "fused"):
+        module = lossdsl.stdlib.ohem_cross_entropy(k=40, mode=mode)
+        xs = x.clone().requires_grad_()
+        assert "_stable_rank(" in type(module).__lossdsl_source__
+        torch.testing.assert_close(module(xs, y), ce.topk(40).values.mean())
+        xr = x.clone().requires_grad_()
+        ref = F.cross_entropy(xr, y, reduction="none").topk(40).values.mean()
+        assert_close(grads(module(xs, y), xs)[0], grads(ref, xr)[0])
