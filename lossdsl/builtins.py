@@ -43,6 +43,19 @@ def _extended(targets: Tensor, target_lengths: Tensor, blank: int, classes: int)
 
 def ctc_nll(log_probs: Tensor, targets: Tensor, input_lengths: Tensor, target_lengths: Tensor,
             blank: int) -> Tensor:
+    """-log p(targets | log_probs) per sample, +inf where no alignment exists (see _ctc_nll).
+
+    Under torch.compile the recursion runs outside the graph: Dynamo would unroll its T steps, which took
+    57-105 s to compile at T = 32-64 (ctc_loss in benchmarks/run.py), grows with T, and is paid again for
+    every new T because shapes are static, i.e. for nearly every batch of variable-length speech. Outside
+    the graph it costs what eager mode costs, about torch's own ctc_loss."""
+    if _compiling():
+        return _ctc_nll_outside_graph(log_probs, targets, input_lengths, target_lengths, blank)
+    return _ctc_nll(log_probs, targets, input_lengths, target_lengths, blank)
+
+
+def _ctc_nll(log_probs: Tensor, targets: Tensor, input_lengths: Tensor, target_lengths: Tensor,
+             blank: int) -> Tensor:
     """-log p(targets | log_probs) per sample, +inf where no alignment exists.
 
     log_probs is (T, N, C), targets (N, S) padded, lengths (N,). Graves' forward recursion in log space
@@ -63,6 +76,10 @@ def ctc_nll(log_probs: Tensor, targets: Tensor, input_lengths: Tensor, target_le
         alpha = _masked(_log_sum(alpha, one, two) + frames[t], used)
         alphas.append(alpha)
     return _finish(alphas, input_lengths.long(), target_lengths.long())
+
+
+_ctc_nll_outside_graph = torch.compiler.disable(_ctc_nll)
+_compiling = torch.compiler.is_compiling
 
 
 def _shifted(x: Tensor, k: int) -> Tensor:

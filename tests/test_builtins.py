@@ -32,3 +32,16 @@ def test_ctc_reads_frames_through_one_unbind() -> None:
     assert names.count("SelectBackward0") < steps // 2
     expected = torch.nn.functional.ctc_loss(log_probs, targets, *lengths, reduction="sum")
     torch.testing.assert_close(nll.sum(), expected)
+
+
+def test_torch_compile_does_not_unroll_the_ctc_recursion() -> None:
+    """Dynamo would trace one set of ops per frame (T = 64: 57-105 s of Inductor compilation, again for each
+    new T); the recursion runs outside the graph, so what is traced does not grow with T."""
+    def traced_ops(steps: int) -> int:
+        log_probs = torch.log_softmax(torch.randn(steps, 2, 5), 2)
+        targets, lengths = torch.randint(1, 5, (2, 3)), (torch.full((2,), steps), torch.tensor([3, 2]))
+        torch._dynamo.reset()
+        report = torch._dynamo.explain(lambda *a: builtins.ctc_nll(*a, blank=0).sum())(log_probs, targets, *lengths)
+        return report.op_count
+
+    assert traced_ops(40) == traced_ops(10) < 10
