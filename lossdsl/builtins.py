@@ -79,7 +79,7 @@ def _ctc_nll(log_probs: Tensor, targets: Tensor, input_lengths: Tensor, target_l
 
 
 _ctc_nll_outside_graph = torch.compiler.disable(_ctc_nll)
-_compiling = torch.compiler.is_compiling
+_compiling = getattr(torch.compiler, "is_compiling", None) or (lambda: False)  # torch >= 2.3; older: eager
 
 
 def _shifted(x: Tensor, k: int) -> Tensor:

@@ -116,11 +116,9 @@ class MaskLowering:
             return None
         for a, b, descending in ((*strict, False), (*reversed(strict), True)):
             n = _renamed_index(a, b, m)
-            if n is not None and _ties_by_position(conds[1], a, b, m, n):
+            if n is not None and _ties_by_position(conds[1], a, b, m, n) and free_indices(b) == [n]:
                 v = self.emit(b)
-                if v.labels != (str(n),) or v.ell:
-                    return None
-                return self.tmp(f"_stable_rank({v.code}, descending={descending})", v.labels)
+                return self.tmp(f"_stable_rank({v.code}, descending={descending})", v.labels) if not v.ell else None
         return None
 
     # ---- masks of the diagonal: [i != j] over one axis is a dense compare and select; setting the diagonal
