@@ -28,7 +28,7 @@ FUNCS: dict[type, str] = {
     ir.softplus: "torch.nn.functional.softplus", ir.relu: "torch.relu", ir.log1p: "torch.log1p",
     ir.expm1: "torch.expm1", ir.isfinite: "torch.isfinite",
 }
-MEMOS = ("memo", "calls", "relabelled")  # what an emitter remembers of emitted values (GradEmitter: relabelled)
+MEMOS = ("memo", "calls", "relabelled", "renamable")  # what an emitter remembers of emitted values
 _TEMP_LINE = re.compile(r"t\d+ = ")
 COMPARE = {sp.Eq: "==", sp.Ne: "!=", sp.Lt: "<", sp.Le: "<=", sp.Gt: ">", sp.Ge: ">="}
 FILL = {"sum": "0.0", "mean": "0.0", "norm": "0.0", "prod": "1.0", "max": "-float('inf')",
@@ -55,6 +55,7 @@ class Emitter(MaskLowering):
         self.lines = lines
         self.is_bound = is_bound  # whether an axis size is already known (else a call's result fixes it)
         self.memo: dict[sp.Basic, V] = {}
+        self.renamable: dict[sp.Basic, tuple[list[sp.Symbol], V]] = {}  # reductions by renaming_key
         self.calls: dict[str, V] = {}  # normaliser calls and diagonal masks by code: the memo misses renamed indices
         self.host_params: dict[str, V] = {}  # parameters read as Python numbers in exponents and conditions
         self.guards: tuple[str, ...] | None = ()  # the Python conditions of the branch emitted (None: eager)
@@ -123,9 +124,27 @@ class Emitter(MaskLowering):
     def emit(self, e: sp.Basic) -> V:
         if e in self.memo:
             return self.memo[e]
-        v = self._emit(e)
+        v = self.renamed(e)
+        if v is None:
+            v = self._emit(e)
+            key = renaming_key(e)
+            if key is not None and v.is_tensor:
+                self.renamable.setdefault(key[0], (key[1], v))
         self.memo[e] = v
         return v
+
+    def renamed(self, e: sp.Basic) -> V | None:
+        """A reduction already emitted under other names for its free indices, relabelled: CLIP's s[j, i] is
+        s[i, j] read transposed, not a second matrix product (and two more in the backward)."""
+        key = renaming_key(e)
+        hit = self.renamable.get(key[0]) if key is not None else None
+        if hit is None:
+            return None
+        mapping = {str(old): str(new) for old, new in zip(hit[0], key[1], strict=True)}
+        if any(self.size_var(old) != self.size_var(new) for old, new in mapping.items()):
+            return None
+        v = hit[1]
+        return V(v.code, tuple(mapping[lab] for lab in v.labels), v.kind, v.ell)
 
     def _emit(self, e: sp.Basic) -> V:
         if e is sp.true or e is sp.false:
@@ -721,6 +740,18 @@ class Emitter(MaskLowering):
         out = self.emit(e.args[0])
         total = out.code if not out.is_tensor else f"{out.code}.sum()"
         return self.tmp(f"torch.autograd.grad({total}, {wrt.code}, create_graph=True)[0]", wrt.labels, wrt.ell)
+
+
+def renaming_key(e: sp.Basic) -> tuple[sp.Basic, list[sp.Symbol]] | None:
+    """(e with its free indices numbered in order of first occurrence, those indices) for a reduction, the
+    only values worth finding again under other index names; equal keys mean e is the other with its free
+    indices renamed."""
+    if not isinstance(e, ir._Reduction):
+        return None
+    free = free_indices(e)
+    if not free or ELLIPSIS in free:
+        return None
+    return e.xreplace({f: sp.Symbol(f"@{k}") for k, f in enumerate(free)}), free
 
 
 def signed_terms(e: sp.Add) -> list[tuple[str, sp.Expr]]:

@@ -152,6 +152,22 @@ def test_pairwise_similarity_lowers_to_one_einsum() -> None:
     assert_close(out, F.cross_entropy(a @ b.T, torch.arange(5), reduction="none"))
 
 
+@pytest.mark.parametrize("mode", ["eager", "fused"])
+def test_a_transposed_read_reuses_the_product(mode: str) -> None:
+    """s[j, i] is s[i, j] with its free indices renamed: read transposed, not a second matrix product (CLIP's
+    symmetric loss; two more products in the backward)."""
+    src = ("loss sym(a[i, d], b[j, d]):\n    s[i, j] = sum_d(a[i, d] * b[j, d])\n"
+           "    logsumexp_j(s[i, j]) + logsumexp_j(s[j, i]) - 2 * s[i, i]")
+    assert lossdsl.parse(src).to_source().count("torch.einsum(") == 1
+    a, b = X(5, 3), X(5, 3)
+    a2, b2 = a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    out = lossdsl.compile(src, reduction="none", mode=mode)(a, b)
+    logits, labels = a2 @ b2.T, torch.arange(5)
+    ref = F.cross_entropy(logits, labels, reduction="none") + F.cross_entropy(logits.T, labels, reduction="none")
+    assert_close(out, ref)
+    assert_close(torch.cat(grads(out, a, b)), torch.cat(grads(ref, a2, b2)))
+
+
 @pytest.mark.parametrize("use_sigmoid, use_softmax, sigmoids, softmaxes",
                          [(False, False, 0, 0), (True, False, 1, 0), (False, True, 0, 1), (True, True, 1, 0)])
 def test_branches_chosen_by_parameters_run_only_when_taken(use_sigmoid, use_softmax, sigmoids, softmaxes) -> None:
