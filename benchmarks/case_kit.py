@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 Tensor = torch.Tensor
+EMBED = 128  # width of the embedding cases: rows = n / EMBED
 Make = Callable[[int, torch.device, torch.dtype], tuple[Tensor, ...]]
 
 
@@ -68,3 +69,18 @@ def embeddings(n: int, dev: torch.device, dt: torch.dtype) -> tuple[Tensor, ...]
 def dist_pair(n: int, dev: torch.device, dt: torch.dtype) -> tuple[Tensor, ...]:
     x = torch.log_softmax(torch.randn(max(n // 64, 1), 64, device=dev, dtype=dt), 1)
     return leaf(x), torch.softmax(torch.randn_like(x), 1)
+
+
+def sign_targets(shape: tuple[int, ...], dev: torch.device, dt: torch.dtype) -> Tensor:
+    """Targets in {-1, +1} (hinge, margin-ranking and cosine-embedding losses)."""
+    return torch.where(torch.rand(shape, device=dev) > 0.5, 1.0, -1.0).to(dt)
+
+
+def scores_signs(n: int, dev: torch.device, dt: torch.dtype) -> tuple[Tensor, ...]:
+    return leaf(torch.randn(n, device=dev, dtype=dt)), sign_targets((n,), dev, dt)
+
+
+def triplets(n: int, dev: torch.device, dt: torch.dtype) -> tuple[Tensor, ...]:
+    """Anchor, positive and negative embeddings [n / EMBED, EMBED]."""
+    rows = max(n // EMBED, 1)
+    return tuple(leaf(torch.randn(rows, EMBED, device=dev, dtype=dt)) for _ in range(3))

@@ -9,15 +9,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from case_kit import Case, Tensor, classes, leaf, logits_binary, pair, segmentation
+from case_kit import Case, Tensor, classes, leaf, logits_binary, pair, scores_signs, segmentation
 
 
 # ---- input generators
-def signs(n: int, dev: torch.device, dt: torch.dtype) -> tuple[Tensor, ...]:
-    """Scores and targets in {-1, +1}, for the hinge loss."""
-    return leaf(torch.randn(n, device=dev, dtype=dt)), (torch.rand(n, device=dev) > 0.5).to(dt) * 2 - 1
-
-
 def segmentation_logits(n: int, dev: torch.device, dt: torch.dtype) -> tuple[Tensor, ...]:
     """segmentation()'s shapes and masks, with standard-normal logits instead of probabilities."""
     p, g = segmentation(n, dev, dt)
@@ -110,7 +105,7 @@ CASES: dict[str, Case] = {
     "focal_loss": Case(classes, focal_textbook),
     "weighted_bce": Case(logits_binary, weighted_bce_textbook, weighted_bce_builtin,
                          builtin_name="F.binary_cross_entropy_with_logits(pos_weight)"),
-    "hinge_loss": Case(signs, hinge_textbook),
+    "hinge_loss": Case(scores_signs, hinge_textbook),
     "poly1_cross_entropy": Case(classes, poly1_textbook),
     "rmse_loss": Case(pair, rmse_textbook, rmse_builtin, builtin_name="sqrt(F.mse_loss + eps)"),
     "jaccard_loss": Case(segmentation, jaccard_textbook),

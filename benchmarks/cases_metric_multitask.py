@@ -13,9 +13,8 @@ import math
 
 import torch
 import torch.nn.functional as F
-from case_kit import Case, Tensor, classes, embeddings, leaf
+from case_kit import EMBED, Case, Tensor, classes, embeddings, leaf, triplets
 
-EMBED = 128  # embedding width of the metric-learning cases
 SUPCON_CLASSES = 10  # labels of the supcon case (CIFAR-10, the paper's smallest benchmark)
 CENTER_CLASSES = 100  # k of the center_loss case: the size of its [k, d] centres
 DETECTION_CLASSES = 81  # COCO's 80 classes and the background (class 0)
@@ -30,11 +29,6 @@ def pairs_labelled(n: int, dev: torch.device, dt: torch.dtype) -> tuple[Tensor, 
     a = torch.randn(rows, EMBED, device=dev, dtype=dt) * s
     b = torch.randn(rows, EMBED, device=dev, dtype=dt) * s
     return leaf(a), leaf(b), (torch.rand(rows, device=dev) > 0.5).to(dt)
-
-
-def triplets(n: int, dev: torch.device, dt: torch.dtype) -> tuple[Tensor, ...]:
-    rows = max(n // EMBED, 1)
-    return tuple(leaf(torch.randn(rows, EMBED, device=dev, dtype=dt)) for _ in range(3))
 
 
 def two_views(n: int, dev: torch.device, dt: torch.dtype) -> tuple[Tensor, ...]:

@@ -10,14 +10,9 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from case_kit import Case, Tensor, classes, leaf
+from case_kit import EMBED, Case, Tensor, classes, leaf, scores_signs, sign_targets, triplets
 
-EMBED_DIM = 128  # the width of the embedding cases: rows = n / EMBED_DIM
 LABELS = 8  # classes of the multi-label case: its hinge terms are (rows, labels, labels), 8x the input
-
-
-def _signs(shape: tuple[int, ...], dev: torch.device, dt: torch.dtype) -> Tensor:
-    return torch.where(torch.rand(shape, device=dev) > 0.5, 1.0, -1.0).to(dt)
 
 
 # ---- input generators
@@ -31,17 +26,13 @@ def multilabel(n: int, dev: torch.device, dt: torch.dtype) -> tuple[Tensor, ...]
     return leaf(torch.randn(rows, LABELS, device=dev, dtype=dt)), target
 
 
-def input_signs(n: int, dev: torch.device, dt: torch.dtype) -> tuple[Tensor, ...]:
-    return leaf(torch.randn(n, device=dev, dtype=dt)), _signs((n,), dev, dt)
-
-
 def ranking(n: int, dev: torch.device, dt: torch.dtype) -> tuple[Tensor, ...]:
     a, b = (leaf(torch.randn(n, device=dev, dtype=dt)) for _ in range(2))
-    return a, b, _signs((n,), dev, dt)
+    return a, b, sign_targets((n,), dev, dt)
 
 
 def _rows(n: int, dev: torch.device, dt: torch.dtype) -> Tensor:
-    return leaf(torch.randn(max(n // EMBED_DIM, 1), EMBED_DIM, device=dev, dtype=dt))
+    return leaf(torch.randn(max(n // EMBED, 1), EMBED, device=dev, dtype=dt))
 
 
 def embedding_pair(n: int, dev: torch.device, dt: torch.dtype) -> tuple[Tensor, ...]:
@@ -50,11 +41,7 @@ def embedding_pair(n: int, dev: torch.device, dt: torch.dtype) -> tuple[Tensor, 
 
 def embedding_pair_signs(n: int, dev: torch.device, dt: torch.dtype) -> tuple[Tensor, ...]:
     a, b = embedding_pair(n, dev, dt)
-    return a, b, _signs((a.shape[0],), dev, dt)
-
-
-def triplets(n: int, dev: torch.device, dt: torch.dtype) -> tuple[Tensor, ...]:
-    return _rows(n, dev, dt), _rows(n, dev, dt), _rows(n, dev, dt)
+    return a, b, sign_targets((a.shape[0],), dev, dt)
 
 
 def triplets_distance(n: int, dev: torch.device, dt: torch.dtype) -> tuple:
@@ -225,7 +212,7 @@ CTC_NAME = "F.ctc_loss + grad term w.r.t. log_probs"
 CASES: dict[str, Case] = {
     "multilabel_margin_loss": Case(multilabel, multilabel_margin_textbook, F.multilabel_margin_loss),
     "multi_margin_loss": Case(classes, multi_margin_textbook, F.multi_margin_loss),
-    "hinge_embedding_loss": Case(input_signs, hinge_embedding_textbook, F.hinge_embedding_loss),
+    "hinge_embedding_loss": Case(scores_signs, hinge_embedding_textbook, F.hinge_embedding_loss),
     "margin_ranking_loss": Case(ranking, margin_ranking_textbook, F.margin_ranking_loss),
     "cosine_embedding_loss": Case(embedding_pair_signs, cosine_embedding_textbook, F.cosine_embedding_loss),
     "pairwise_distance": Case(embedding_pair, pairwise_distance_textbook, pairwise_distance_builtin,

@@ -164,9 +164,10 @@ def _check_range(module, late, x, lo, hi, message):
     loss's own kernel instead of being a graph of its own ending in a graph break (compiled Dice, 4M f32:
     three graphs per step became two). Nothing reads the loss before the return, so raising there is as
     good as raising here."""
-    if _compiling():
-        late.append((((x < lo) | (x > hi)).any(), message))
-    elif _outside(x, lo, hi):
+    flag = _outside(x, lo, hi)
+    if isinstance(flag, torch.Tensor):  # while tracing: decided at the return
+        late.append((flag, message))
+    elif flag:
         raise module.error(message)
 
 

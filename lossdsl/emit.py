@@ -124,20 +124,19 @@ class Emitter(MaskLowering):
     def emit(self, e: sp.Basic) -> V:
         if e in self.memo:
             return self.memo[e]
-        v = self.renamed(e)
+        key = renaming_key(e)
+        v = self.renamed(key) if key is not None else None
         if v is None:
             v = self._emit(e)
-            key = renaming_key(e)
             if key is not None and v.is_tensor:
                 self.renamable.setdefault(key[0], (key[1], v))
         self.memo[e] = v
         return v
 
-    def renamed(self, e: sp.Basic) -> V | None:
+    def renamed(self, key: tuple[sp.Basic, list[sp.Symbol]]) -> V | None:
         """A reduction already emitted under other names for its free indices, relabelled: CLIP's s[j, i] is
         s[i, j] read transposed, not a second matrix product (and two more in the backward)."""
-        key = renaming_key(e)
-        hit = self.renamable.get(key[0]) if key is not None else None
+        hit = self.renamable.get(key[0])
         if hit is None:
             return None
         mapping = {str(old): str(new) for old, new in zip(hit[0], key[1], strict=True)}

@@ -13,10 +13,9 @@ from .values import V, _literal
 
 def one_hot(f: sp.Basic) -> tuple[sp.Symbol, sp.Indexed] | None:
     """(i, g) when f is the indicator [i == g] of an index equal to a gathered value."""
-    if not (isinstance(f, sp.Piecewise) and len(f.args) == 2 and f.args[0].expr == 1 and f.args[1].expr == 0
-            and f.args[1].cond == sp.true and isinstance(f.args[0].cond, sp.Eq)):
+    cond = _indicator(f)
+    if not isinstance(cond, sp.Eq):
         return None
-    cond = f.args[0].cond
     for i, g in ((cond.lhs, cond.rhs), (cond.rhs, cond.lhs)):
         if ir.is_index(i) and i != ELLIPSIS and isinstance(g, sp.Indexed) and i not in free_indices(g):
             return i, g
