@@ -527,6 +527,8 @@ class Emitter(MaskLowering):
         if len(inner) < 2 or any(ir.is_index(f) for f in inner):  # a position (int64 arange) cannot join einsum
             return None
         vals = [self.diagonal_set(self.emit(f), *pair, "0.0") if f is carrier else self.emit(f) for f in inner]
+        vals = [self.tmp(f"{v.code}.to(_dt)", v.labels, v.ell) if _positional(f) and v.is_tensor else v
+                for f, v in zip(inner, vals, strict=True)]
         if any(not v.is_tensor or v.ell for v in vals) or any(
                 lab not in {x for v in vals for x in v.labels} for lab in idx):
             return None
@@ -660,22 +662,27 @@ class Emitter(MaskLowering):
         return self.tmp(f"{src.code}.index_select(0, {g.code}.reshape(-1)).reshape({g.code}.shape)", g.labels)
 
     def try_gather(self, src: V, slots: list[sp.Basic], gathers: dict[int, V]) -> V | None:
-        """One gathered axis whose index is laid over the other axes → `Tensor.gather` (cheap backward)."""
+        """One gathered axis whose index is laid over the other axes → `Tensor.gather` (cheap backward: a
+        scatter_add where advanced indexing is an index_put, and no arange of positions to keep for it). An
+        index with one axis of its own (`x[n, target[n, k]]`) gathers along the source's axis, which then
+        becomes that axis."""
         if len(gathers) != 1 or src.ell or any(s.is_Integer for s in slots):
             return None
         (p, g), = gathers.items()
         others = [str(s) for k, s in enumerate(slots) if k != p]
-        if not others or len(set(others)) != len(others) or not set(g.labels) <= set(others):
+        extra = [x for x in g.labels if x not in others]
+        if not others or len(set(others)) != len(others) or len(extra) > 1:
             return None
-        perm = [g.labels.index(x) for x in others if x in g.labels]
+        order = list(others)
+        order.insert(p, extra[0] if extra else None)
+        perm = [g.labels.index(x) for x in order if x in g.labels]
         base = g.code if perm == sorted(perm) else f"{g.code}.permute({', '.join(map(str, perm))})"
-        view = [":" if x in g.labels else "None" for x in others]
-        view.insert(p, "None")
-        shape = [self.size_var(x) for x in others]
-        shape.insert(p, "1")
-        idx = f"{base}[{', '.join(view)}]"
-        if set(g.labels) != set(others):  # a contiguous index gathers faster than a stride-0 view (nll: 1.5x)
-            idx += f".expand({', '.join(shape)})"
+        idx = base if None not in order and len(g.labels) == len(order) else \
+            f"{base}[{', '.join(':' if x in g.labels else 'None' for x in order)}]"
+        if set(g.labels) != set(order) - {None}:  # a contiguous index gathers faster than a stride-0 view (nll)
+            idx += f".expand({', '.join('-1' if x is None or x in g.labels else self.size_var(x) for x in order)})"
+        if extra:
+            return self.tmp(f"{src.code}.gather({p}, {idx})", tuple(order))
         return self.tmp(f"{src.code}.gather({p}, {idx}).squeeze({p})", tuple(others))
 
     # ---- calls
@@ -767,3 +774,13 @@ def _letters(labels: tuple[str, ...]) -> dict[str, str]:
         pick = first if first.isascii() and first.isalpha() and first not in out.values() else None
         out[lab] = pick or next(c for c in string.ascii_letters if c not in out.values())
     return out
+
+
+def _positional(e: sp.Basic) -> bool:
+    """Whether e reads an index as a number (`1 + k`): its arange is int64, so the value is in the default
+    dtype, which einsum will not mix with float64 operands."""
+    if isinstance(e, sp.Indexed):
+        return False
+    if ir.is_index(e):
+        return True
+    return any(_positional(a) for a in e.args)

@@ -168,6 +168,33 @@ def test_a_transposed_read_reuses_the_product(mode: str) -> None:
     assert_close(torch.cat(grads(out, a, b)), torch.cat(grads(ref, a2, b2)))
 
 
+GATHER_WITH_AXIS = {  # an index with an axis of its own (k): (formula, x's shape, t's shape, reference)
+    "trailing": ("loss a(x[n, c], t[n, k]: index(c)):\n    sum_k(x[n, t[n, k]]^2 * (1 + k))", (4, 5), (4, 3),
+                 lambda x, t: (x.gather(1, t) ** 2 * torch.arange(1, 4, dtype=D)).sum(1)),
+    "leading": ("loss a(x[c, n], t[k, n]: index(c)):\n    sum_k(exp(x[t[k, n], n]))", (5, 4), (3, 4),
+                lambda x, t: x.gather(0, t).exp().sum(0)),
+    "broadcast": ("loss a(x[n, m, c], t[n, k]: index(c)):\n    sum_{m, k}(x[n, m, t[n, k]] * m)", (4, 2, 5), (4, 3),
+                  lambda x, t: (x[:, :, None, :] * torch.arange(2, dtype=D)[:, None, None]).expand(4, 2, 3, 5)
+                  .gather(3, t[:, None, :, None].expand(4, 2, 3, 1)).sum((1, 2, 3))),
+}
+
+
+@pytest.mark.parametrize("mode", ["eager", "fused"])
+@pytest.mark.parametrize("case", sorted(GATHER_WITH_AXIS))
+def test_an_index_with_its_own_axis_gathers(case: str, mode: str) -> None:
+    """x[n, t[n, k]] is Tensor.gather along c (its backward a scatter_add), not advanced indexing over an arange
+    of n (an index_put backward, and the arange saved for it: multilabel margin)."""
+    src, xs, ts, ref_fn = GATHER_WITH_AXIS[case]
+    text = lossdsl.parse(src).to_source()
+    assert ".gather(" in text and "torch.arange(S_n" not in text and "torch.arange(N_n" not in text
+    x = torch.randn(*xs, dtype=D, requires_grad=True)
+    t = torch.randint(0, 5, ts)
+    out = lossdsl.compile(src, reduction="none", mode=mode)(x, t)
+    ref = ref_fn(x, t)
+    assert_close(out, ref)
+    assert_close(grads(out, x)[0], grads(ref, x)[0])
+
+
 @pytest.mark.parametrize("use_sigmoid, use_softmax, sigmoids, softmaxes",
                          [(False, False, 0, 0), (True, False, 1, 0), (False, True, 0, 1), (True, True, 1, 0)])
 def test_branches_chosen_by_parameters_run_only_when_taken(use_sigmoid, use_softmax, sigmoids, softmaxes) -> None:
