@@ -197,13 +197,20 @@ class RecomputeMasks(CustomGraphPass):
         for node in graph.nodes:
             val = node.meta.get("val")
             tags = getattr(node.target, "tags", ())
-            if (node.op == "call_function" and isinstance(val, torch.Tensor) and val.dtype == torch.bool
+            if (node.op == "call_function" and isinstance(val, torch.Tensor) and _cheap_to_redo(val, tags)
                     and torch.Tag.nondeterministic_seeded not in tags):
                 node.meta["recompute"] = CheckpointPolicy.MUST_RECOMPUTE
 
     def uuid(self) -> bytes:
         """Inductor's FX-graph cache key includes this, so a change to the pass is a cache miss."""
-        return hashlib.sha256(inspect.getsource(RecomputeMasks).encode()).digest()
+        return hashlib.sha256((inspect.getsource(RecomputeMasks) + inspect.getsource(_cheap_to_redo)).encode()).digest()
+
+
+def _cheap_to_redo(val: torch.Tensor, tags) -> bool:
+    """A bool mask, or an integer tensor made elementwise (a clamped index): one op from an input the backward
+    reads anyway (multilabel margin, 4M: its clamped int64 targets, 32 MB, were saved). Not a sort's order."""
+    return val.dtype == torch.bool or (not val.is_floating_point() and not val.is_complex()
+                                       and torch.Tag.pointwise in tags)
 
 
 # What the backward recomputes, as config patches applied while the first call per signature compiles

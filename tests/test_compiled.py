@@ -71,59 +71,21 @@ def test_unknown_recompute_policy_is_refused() -> None:
         compiled.build(loss, loss.compile(), recompute="some")
 
 
-def test_recompute_masks_tags_bool_nodes_only() -> None:
+def test_recompute_masks_tags_bools_and_elementwise_integers_only() -> None:
+    """Masks and clamped indices are recomputed in the backward; floats and a sort's order are not."""
     from torch.fx.experimental.proxy_tensor import make_fx
     from torch.utils.checkpoint import CheckpointPolicy
 
-    def huber(x: torch.Tensor) -> torch.Tensor:
-        e = x.abs()
-        return torch.where(e < 1, 0.5 * e * e, e - 0.5).sum()
+    def huber_at(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        e = x.gather(1, y.clamp(0, 3)).abs()
+        rank = torch.argsort(e, dim=0)
+        return (torch.where(e < 1, 0.5 * e * e, e - 0.5) * rank).sum()
 
-    gm = make_fx(huber)(torch.randn(8))
+    gm = make_fx(huber_at)(torch.randn(8, 4), torch.randint(-1, 4, (8, 2)))
     compiled.RecomputeMasks()(gm.graph)
-    tagged = {n.name for n in gm.graph.nodes if n.meta.get("recompute") == CheckpointPolicy.MUST_RECOMPUTE}
-    bools = {n.name for n in gm.graph.nodes if getattr(n.meta.get("val"), "dtype", None) == torch.bool}
-    assert tagged == bools and len(bools) == 1
+    tagged = {str(n.target) for n in gm.graph.nodes if n.meta.get("recompute") == CheckpointPolicy.MUST_RECOMPUTE}
+    assert tagged == {"aten.clamp.default", "aten.lt.Scalar"}
     assert compiled.RecomputeMasks().uuid() == compiled.RecomputeMasks().uuid()
-
-
-@pytest.mark.slow
-def test_compiled_matches_eager_values_and_gradients() -> None:
-    """One torch.compile (forward + backward): ~10-25 s on 2 cores with a cold Inductor cache."""
-    eager = lossdsl.compile(FOCAL, gamma=1.5)
-    fast = lossdsl.compile(FOCAL, gamma=1.5, mode="compiled")
-    assert type(fast) is type(eager)
-    assert fast.state_dict().keys() == eager.state_dict().keys()
-    x = torch.randn(257, dtype=torch.float64, requires_grad=True)
-    y = (torch.rand(257) > 0.5).double()
-    out, ref = fast(x, y), eager(x, y)
-    torch.testing.assert_close(out, ref)
-    torch.testing.assert_close(torch.autograd.grad(out, x)[0], torch.autograd.grad(ref, x)[0])
-    assert fast.compile_seconds > 0 and len(fast.compile_log) == 1
-    fast(x, y)
-    assert len(fast.compile_log) == 1
-    with pytest.raises(lossdsl.InputError, match="outside"):
-        fast(x, y + 2)
-
-
-@pytest.mark.slow
-def test_compiled_range_checks_see_past_nan() -> None:
-    """Compiled mode defers a prob check to the return (_check_range) and checks indices in the graph; both
-    must refuse what eager refuses. An aminmax is NaN when any value is, so it once let [nan, 1.5] through."""
-    prob = lossdsl.compile("loss l(p: prob):\n    p\n", reduction="sum", mode="compiled")
-    nan, inf = float("nan"), float("inf")
-    for values in ([nan, 1.5], [0.2, 1.0000001], [nan, -inf]):
-        with pytest.raises(lossdsl.InputError, match="'p' is a probability but has values outside"):
-            prob(torch.tensor(values, dtype=torch.float64))
-    torch.testing.assert_close(prob(torch.tensor([0.0, 1.0], dtype=torch.float64)),
-                               torch.tensor(1.0, dtype=torch.float64))
-    assert prob(torch.tensor([nan, 0.2], dtype=torch.float64)).isnan()
-    nll = lossdsl.stdlib.nll_loss(mode="compiled")
-    x = torch.randn(4, 3, dtype=torch.float64)
-    with pytest.raises(lossdsl.InputError, match="class index 3 outside"):
-        nll(x, torch.tensor([0, 3, 1, 2]))
-    torch.testing.assert_close(nll(x, torch.tensor([0, -100, 1, 2])),
-                               torch.nn.functional.nll_loss(x, torch.tensor([0, -100, 1, 2])))
 
 
 @pytest.mark.slow
