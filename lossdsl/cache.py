@@ -96,17 +96,22 @@ class _LazyIR(LossIR):
         self.__dict__.update(pickle.loads(self.__dict__.pop("_lazy")))
         self.__class__ = LossIR
 
-    def __getattr__(self, name: str):
-        if "_lazy" not in self.__dict__:
-            raise AttributeError(name)
-        self._decode()
-        return getattr(self, name)
+    def __getattribute__(self, name: str):
+        """A field not yet decoded decodes them all first. Not __getattr__: a field with a default (reduce_weight,
+        doc) is a class attribute of LossIR, so reading it would answer the default, not the cached value."""
+        d = object.__getattribute__(self, "__dict__")
+        if "_lazy" in d and name not in d and name in _FIELDS:
+            object.__getattribute__(self, "_decode")()
+        return object.__getattribute__(self, name)
 
     def __eq__(self, other: object) -> bool:
         self._decode()
         return self == other
 
     __hash__ = None  # type: ignore[assignment]  # as LossIR's (a mutable dataclass)
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(LossIR))
 
 
 def _restore_ir(plain: dict, blob: bytes) -> _LazyIR:

@@ -77,6 +77,17 @@ def test_cached_loss_equals_fresh_loss(cache_dir: Path, monkeypatch: pytest.Monk
     assert "_lazy" not in vars(hit.ir)
 
 
+def test_a_cached_field_with_a_default_is_read_from_the_cache(cache_dir: Path) -> None:
+    """reduce_weight and doc default to None on LossIR's class: the first thing read from a cache hit must
+    still be the cached value, not that default (reduce_weight once read None until another field was)."""
+    src = "loss wmse(x[n], w[n]):\n    \"weighted\"\n    w * x^2\n    reduce mean weighted by w\n"
+    fresh = lossdsl.parse(src)
+    for field in ("reduce_weight", "doc", "reduce_mode"):
+        hit = lossdsl.parse(src)
+        assert "_lazy" in vars(hit.ir)
+        assert getattr(hit.ir, field) == getattr(fresh.ir, field) is not None
+
+
 def test_formula_parameters_are_part_of_the_key(cache_dir: Path) -> None:
     """A formula's parameters (and their given values, its defaults) change what it lowers to."""
     x = torch.rand(5)
