@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import peak_bytes, step, time_steps  # noqa: E402
+from measure import peak_bytes, step, time_steps
 
-from lossdsl.chunked import linear_loss  # noqa: E402
+from lossdsl.chunked import linear_loss
 
 SMOOTHING = 0.1
 
