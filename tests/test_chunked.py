@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import lossdsl
 from lossdsl.chunked import linear_loss
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from measure import peak_bytes  # the benchmarks' allocator-event peak
 
 D = torch.float64
 
@@ -81,8 +87,9 @@ def test_never_holds_the_full_logits() -> None:
     def full() -> None:
         torch.autograd.grad(F.cross_entropy(h @ w.T, y), (h, w))
 
-    assert _peak_cpu_bytes(full) > 2 * logits_bytes
-    assert _peak_cpu_bytes(run_chunked) < logits_bytes / 2
+    cpu = torch.device("cpu")
+    assert peak_bytes(full, cpu) > 2 * logits_bytes
+    assert peak_bytes(run_chunked, cpu) < logits_bytes / 2
 
 
 @pytest.mark.parametrize("name", ["info_nce", "ohem_cross_entropy"])
@@ -116,22 +123,3 @@ def test_bad_calls_are_clear_errors() -> None:
     with pytest.raises(lossdsl.InputError, match="class index 77 outside"):
         ce(h, w, torch.full((37,), 77))
 
-
-def _peak_cpu_bytes(fn) -> int:
-    """Peak bytes allocated during fn(), from the profiler's allocation events in time order."""
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        e = stack.pop()
-        if e.tag == _EventType.Allocation:
-            events.append((e.start_time_ns, e.extra_fields.alloc_size))
-        stack.extend(e.children)
-    current = peak = 0
-    for _, size in sorted(events):
-        current += size
-        peak = max(peak, current)
-    return peak
