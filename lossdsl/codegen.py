@@ -189,13 +189,13 @@ def _checked_index(module, late, x, size, sentinels, name, axis):
     instead of two graphs and two graph breaks of its own (multilabel margin, 4M, with -1 padding: 29 ms
     of a 283 ms step). With validate=False a sentinel is clamped and any other index is torch's to check."""
     if not module.validate:
-        return x.clamp(0, max(size - 1, 0)) if sentinels else x
-    if _compiling():
+        if not sentinels:
+            return x
+    elif _compiling():
         late.append((_bad_index(x, size, sentinels).any(), (x, size, sentinels, name, axis)))
-        return x.clamp(0, max(size - 1, 0))
-    if not _outside(x, 0, size, hi_open=True):
+    elif not _outside(x, 0, size, hi_open=True):
         return x
-    if _bad_index(x, size, sentinels).any():
+    elif _bad_index(x, size, sentinels).any():
         raise module.error(_index_message(x, size, sentinels, name, axis))
     return x.clamp(0, max(size - 1, 0))
 
@@ -349,8 +349,8 @@ class SourceBuilder:
         return [f"        self.register_buffer({n!r}, torch.as_tensor({n}, dtype=torch.float64))"]
 
     def gather_names(self) -> dict[str, str]:
-        """Index input -> the tensor that gathers with it: its clamped copy where it may hold a sentinel
-        (ignore_index), else itself (validated in range, or torch's own bounds check raises)."""
+        """Index input -> the tensor that gathers with it: `<name>_ix`, what _checked_index returns (the input
+        itself when checked in range, else clamped); an index of undeclared shape is read as it is."""
         return {i.name: f"{self.py[i.name]}_ix" if i.axes is not None else self.py[i.name]
                 for i in self.loss.inputs if i.kind == "index"}
 

@@ -524,11 +524,11 @@ class Emitter(MaskLowering):
             factors = tuple(f for f in factors if f is not mask)
         inner = [f for f in factors if any(str(s) in idx for s in f.free_symbols)]
         outer = [f for f in factors if f not in inner]
-        if len(inner) < 2 or any(ir.is_index(f) for f in inner):  # a position (int64 arange) cannot join einsum
+        if len(inner) < 2:
             return None
         vals = [self.diagonal_set(self.emit(f), *pair, "0.0") if f is carrier else self.emit(f) for f in inner]
         vals = [self.tmp(f"{v.code}.to(_dt)", v.labels, v.ell) if _positional(f) and v.is_tensor else v
-                for f, v in zip(inner, vals, strict=True)]
+                for f, v in zip(inner, vals, strict=True)]  # einsum takes one dtype, an arange is int64
         if any(not v.is_tensor or v.ell for v in vals) or any(
                 lab not in {x for v in vals for x in v.labels} for lab in idx):
             return None
@@ -777,8 +777,8 @@ def _letters(labels: tuple[str, ...]) -> dict[str, str]:
 
 
 def _positional(e: sp.Basic) -> bool:
-    """Whether e reads an index as a number (`1 + k`): its arange is int64, so the value is in the default
-    dtype, which einsum will not mix with float64 operands."""
+    """Whether e reads an index as a number (`k`, `1 + k`): its arange is int64, and with a float the default
+    dtype, neither of which einsum mixes with the compute dtype's operands."""
     if isinstance(e, sp.Indexed):
         return False
     if ir.is_index(e):
