@@ -45,8 +45,7 @@ class LinearLoss(torch.nn.Module):
             raise ParameterError(f"a chunked loss reduces by 'mean' or 'sum', got {self.reduction!r}")
         weighted = self.reduction == "mean" and loss.ir.reduce_weight is not None
         self.weights = _weight_loss(loss, self.input_name).compile(reduction="sum", **params) if weighted else None
-        names = [i.name for i in loss.inputs]
-        self.position = names.index(self.input_name)
+        self.position = [i.name for i in loss.inputs].index(self.input_name)
         others = [i for i in loss.inputs if i.name != self.input_name]
         self.others = [i.name for i in others]
         self.cut = [bool(i.axes) and _axis(loss, i.axes[0]) == _axis(loss, row) for i in others]
@@ -73,7 +72,7 @@ class LinearLoss(torch.nn.Module):
             logits = h[rows] @ weight.T
             if bias is not None:
                 logits = logits + bias
-            logits = logits.detach().to(torch.promote_types(h.dtype, torch.float32)).requires_grad_()
+            logits = logits.detach().to(_accumulated(h.dtype)).requires_grad_()
             args = [t[rows] if cut else t for cut, t in zip(self.cut, others, strict=True)]
             args.insert(self.position, logits)
             out = self.per_row(*args)
@@ -89,7 +88,7 @@ class _Chunked(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mod: LinearLoss, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 *others: torch.Tensor) -> torch.Tensor:
-        acc = torch.promote_types(h.dtype, torch.float32)  # accumulate in at least float32
+        acc = _accumulated(h.dtype)
         want = ctx.needs_input_grad[1:4]
         grad_h = torch.empty_like(h) if want[0] else None
         grad_w = torch.zeros_like(weight, dtype=acc) if want[1] else None
@@ -99,14 +98,14 @@ class _Chunked(torch.autograd.Function):
         for start in range(0, h.shape[0], mod.chunk):
             rows = slice(start, start + mod.chunk)
             s, c, g = mod.parts(h, weight, bias, others, rows)
-            total += s.to(acc)
+            total += s  # s and g are in acc already: parts() hands the loss logits in acc
             count += c.to(device=h.device, dtype=acc)
             if grad_h is not None:
                 grad_h[rows] = g.to(weight.dtype) @ weight
             if grad_w is not None:
-                grad_w.addmm_(g.to(acc).T, h[rows].to(acc))
+                grad_w.addmm_(g.T, h[rows].to(acc))
             if grad_b is not None:
-                grad_b += g.to(acc).sum(dim=0)
+                grad_b += g.sum(dim=0)
             del g  # before the next chunk's logits exist
         scale = 1 / count if mod.reduction == "mean" else torch.ones((), dtype=acc, device=h.device)
         grads = [None if g is None else g * scale.to(g.dtype) for g in (grad_h, grad_w, grad_b)]
@@ -124,6 +123,11 @@ class _Chunked(torch.autograd.Function):
         grads = [(next(saved) * grad_out).to(dt) if have else None
                  for have, dt in zip(ctx.have, ctx.dtypes, strict=True)]
         return (None, *grads, *([None] * (len(ctx.needs_input_grad) - 4)))
+
+
+def _accumulated(dtype: torch.dtype) -> torch.dtype:
+    """At least float32: the dtype logits, losses and gradients are summed in."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 def linear_loss(loss: Loss | str, **options) -> LinearLoss:
