@@ -107,14 +107,15 @@ class _Chunked(torch.autograd.Function):
             if grad_b is not None:
                 grad_b += g.sum(dim=0)
             del g  # before the next chunk's logits exist
-        scale = 1 / count if mod.reduction == "mean" else torch.ones((), dtype=acc, device=h.device)
+        empty = count == 0
+        scale = 1 / (count + empty) if mod.reduction == "mean" else torch.ones((), dtype=acc, device=h.device)
         grads = [None if g is None else g * scale.to(g.dtype) for g in (grad_h, grad_w, grad_b)]
         ctx.save_for_backward(*(g for g in grads if g is not None))
         ctx.have = tuple(g is not None for g in grads)
         ctx.dtypes = (h.dtype, weight.dtype, None if bias is None else bias.dtype)
         value = total * scale
-        if mod.reduction == "mean":  # like torch: a zero total weight gives nan
-            value = value.masked_fill(count == 0, float("nan"))
+        if mod.reduction == "mean":  # like torch: a zero total weight gives nan, with zero gradients
+            value = value.masked_fill(empty, float("nan"))
         return value.to(h.dtype)
 
     @staticmethod
