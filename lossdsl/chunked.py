@@ -26,8 +26,10 @@ from .scope import ELLIPSIS
 class LinearLoss(torch.nn.Module):
     """`loss(h @ weight.T + bias, *others)`, its value and gradients computed `chunk` rows at a time.
 
-    forward(h[N, D], weight[V, D], *others, bias=None): `others` are the loss's other inputs in their
-    declared order; those whose first axis is the rows' are cut with h, the rest passed whole. Only h,
+    forward(h[..., D], weight[V, D], *others, bias=None): every position of h's leading axes is a row
+    (language-model hidden states [batch, sequence, D] need no reshape). `others` are the loss's other inputs
+    in their declared order; those whose first axis is the rows' start with h's leading shape and are cut
+    with it, the rest passed whole. Only h,
     weight and bias get gradients. reduction: "mean" (the loss's own: weighted where it says `reduce mean
     weighted by`, nan when the total weight is 0, like torch) or "sum"."""
 
@@ -55,14 +57,16 @@ class LinearLoss(torch.nn.Module):
         if len(others) != len(self.others):
             raise LossError(f"{self.loss.name} chunked takes h, weight and {len(self.others)} more input(s) "
                             f"({', '.join(self.others) or 'none'}), got {len(others)}")
-        if h.dim() != 2 or weight.dim() != 2 or h.shape[1] != weight.shape[1]:
-            raise LossError(f"h must be [N, D] and weight [V, D]; got {tuple(h.shape)} and {tuple(weight.shape)}")
+        if h.dim() < 2 or weight.dim() != 2 or h.shape[-1] != weight.shape[1]:
+            raise LossError(f"h must be [..., D] and weight [V, D]; got {tuple(h.shape)} and {tuple(weight.shape)}")
+        lead = tuple(h.shape[:-1])  # [batch, sequence, D] hidden states: every position is a row
         for name, cut, t in zip(self.others, self.cut, others, strict=True):
             if isinstance(t, torch.Tensor) and t.requires_grad:
                 raise LossError(f"input '{name}' requires grad, but only h, weight and bias get gradients here")
-            if cut and (not isinstance(t, torch.Tensor) or t.dim() == 0 or t.shape[0] != h.shape[0]):
-                raise LossError(f"input '{name}' must have h's {h.shape[0]} rows along its first axis")
-        return _Chunked.apply(self, h, weight, bias, *others)
+            if cut and (not isinstance(t, torch.Tensor) or tuple(t.shape[:len(lead)]) != lead):
+                raise LossError(f"input '{name}' must start with h's leading shape {lead}")
+        rows = [t.reshape(-1, *t.shape[len(lead):]) if cut else t for cut, t in zip(self.cut, others, strict=True)]
+        return _Chunked.apply(self, h.reshape(-1, h.shape[-1]), weight, bias, *rows)
 
     def parts(self, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
               others: Sequence[torch.Tensor], rows: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -59,6 +59,15 @@ def test_a_users_loss_with_a_z_term() -> None:
     _assert_same(out, ref, (h, w, b))
 
 
+def test_sequence_hidden_states_need_no_reshape() -> None:
+    """[batch, sequence, D] hidden states and [batch, sequence] targets, as a language model has them."""
+    h, w, b, y = _layer(n=24)
+    h3 = h.detach().reshape(4, 6, 16).requires_grad_()
+    out = linear_loss("cross_entropy", chunk=5)(h3, w, y.reshape(4, 6), bias=b)
+    ref = F.cross_entropy((h3 @ w.T + b).reshape(24, 50), y)
+    _assert_same(out, ref, (h3, w, b))
+
+
 def test_all_rows_ignored_is_nan_with_zero_gradients_like_torch() -> None:
     h, w, b, _ = _layer(n=5)
     y = torch.full((5,), -100)
@@ -117,7 +126,7 @@ def test_bad_calls_are_clear_errors() -> None:
     ce = linear_loss("cross_entropy")
     with pytest.raises(lossdsl.LossError, match="takes h, weight and 1 more input"):
         ce(h, w)
-    with pytest.raises(lossdsl.LossError, match="must have h's 37 rows"):
+    with pytest.raises(lossdsl.LossError, match=r"must start with h's leading shape \(37,\)"):
         ce(h, w, y[:10])
     with pytest.raises(lossdsl.LossError, match="only h, weight and bias get gradients"):
         linear_loss("cross_entropy_probs")(h, w, torch.rand(37, 50, dtype=D, requires_grad=True))
