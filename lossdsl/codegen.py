@@ -102,6 +102,36 @@ def _where(cond, a, b, dtype, device):
     return torch.as_tensor(a if cond else b, dtype=dtype, device=device).expand(shape)
 
 
+def _gather(x, dim, index):
+    """x.gather(dim, index) for an index of size 1 along dim. While torch.compile traces, through _Picked,
+    whose backward is a select over x's shape instead of autograd's zeros + scatter_add: Inductor fuses the
+    select with x's other gradient terms, so the gradient is one full-size buffer, not two (compiled
+    multi_margin_loss, 4096 x 1024: 33.6 -> 16.8 MB, torch's own is 16.8)."""
+    if _compiling() and x.requires_grad:
+        return _Picked.apply(x, dim, index)
+    return x.gather(dim, index)
+
+
+class _Picked(torch.autograd.Function):
+    @staticmethod
+    def forward(x, dim, index):
+        return x.gather(dim, index)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, dim, index = inputs
+        ctx.save_for_backward(index)
+        ctx.dim, ctx.size, ctx.rank = dim % x.dim(), x.shape[dim], x.dim()
+
+    @staticmethod
+    def backward(ctx, grad):
+        index, = ctx.saved_tensors
+        shape = [1] * ctx.rank
+        shape[ctx.dim] = ctx.size
+        picked = torch.arange(ctx.size, device=index.device).view(shape) == index
+        return torch.where(picked, grad, 0.0), None, None
+
+
 def _diagonal_set(x, value, d1, d2):
     """x with its (d1, d2) diagonal set to value (the [i != j] masks): a copy and N writes, not a dense
     compare and select. While torch.compile traces, the select, which Inductor fuses: its diagonal_scatter
@@ -354,6 +384,16 @@ class SourceBuilder:
         return {i.name: f"{self.py[i.name]}_ix" if i.axes is not None else self.py[i.name]
                 for i in self.loss.inputs if i.kind == "index"}
 
+    def lone_reads(self) -> frozenset[str]:
+        """Inputs the loss reads at one subscript and nowhere else (nll's input[n, target[n]]): their gathers
+        keep torch's scatter backward, there being no other gradient term for a dense select to fuse with."""
+        exprs = [e for e in (self.loss.expr, self.loss.reduce_weight) if e is not None]
+        reads: dict[str, set[sp.Indexed]] = {}
+        for e in exprs:
+            for a in e.atoms(sp.Indexed):
+                reads.setdefault(a.base.name, set()).add(a)
+        return frozenset(name for name, found in reads.items() if len(found) == 1)
+
     def forward_source(self, floats: list[ir.Param]) -> list[str]:
         loss = self.loss
         tensor_inputs = [i for i in loss.inputs if i.kind != "fn"]
@@ -386,6 +426,7 @@ class SourceBuilder:
         em = Emitter(self.order, self.size_var, names, self.gather_names(), self.lines,
                      lambda label: self.canon(label) in known)
         em.host_params = self.bind_host_params()
+        em.lone_reads = self.lone_reads()
         result = em.emit(loss.expr)
         weight = em.emit(loss.reduce_weight) if loss.reduce_weight is not None else None
         self.finish(em, result, weight)

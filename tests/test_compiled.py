@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import inspect
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 import lossdsl
 from lossdsl import compiled
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from measure import peak_bytes  # the benchmarks' allocator-event peak
 
 FOCAL = """
 loss focal(x: logits, y: prob; alpha = 0.25 in [0, 1], gamma = 2.0 >= 0):
@@ -86,6 +94,113 @@ def test_recompute_masks_tags_bools_and_elementwise_integers_only() -> None:
     tagged = {str(n.target) for n in gm.graph.nodes if n.meta.get("recompute") == CheckpointPolicy.MUST_RECOMPUTE}
     assert tagged == {"aten.clamp.default", "aten.lt.Scalar"}
     assert compiled.RecomputeMasks().uuid() == compiled.RecomputeMasks().uuid()
+
+
+@pytest.mark.slow
+def test_compiled_matches_eager_values_and_gradients() -> None:
+    """One torch.compile (forward + backward): ~10-25 s on 2 cores with a cold Inductor cache."""
+    eager = lossdsl.compile(FOCAL, gamma=1.5)
+    fast = lossdsl.compile(FOCAL, gamma=1.5, mode="compiled")
+    assert type(fast) is type(eager)
+    assert fast.state_dict().keys() == eager.state_dict().keys()
+    x = torch.randn(257, dtype=torch.float64, requires_grad=True)
+    y = (torch.rand(257) > 0.5).double()
+    out, ref = fast(x, y), eager(x, y)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(torch.autograd.grad(out, x)[0], torch.autograd.grad(ref, x)[0])
+    assert fast.compile_seconds > 0 and len(fast.compile_log) == 1
+    fast(x, y)
+    assert len(fast.compile_log) == 1
+    with pytest.raises(lossdsl.InputError, match="outside"):
+        fast(x, y + 2)
+
+
+@pytest.mark.slow
+def test_compiled_range_checks_see_past_nan() -> None:
+    """Compiled mode defers a prob check to the return (_check_range) and checks indices in the graph; both
+    must refuse what eager refuses. An aminmax is NaN when any value is, so it once let [nan, 1.5] through."""
+    prob = lossdsl.compile("loss l(p: prob):\n    p\n", reduction="sum", mode="compiled")
+    nan, inf = float("nan"), float("inf")
+    for values in ([nan, 1.5], [0.2, 1.0000001], [nan, -inf]):
+        with pytest.raises(lossdsl.InputError, match="'p' is a probability but has values outside"):
+            prob(torch.tensor(values, dtype=torch.float64))
+    torch.testing.assert_close(prob(torch.tensor([0.0, 1.0], dtype=torch.float64)),
+                               torch.tensor(1.0, dtype=torch.float64))
+    assert prob(torch.tensor([nan, 0.2], dtype=torch.float64)).isnan()
+    nll = lossdsl.stdlib.nll_loss(mode="compiled")
+    x = torch.randn(4, 3, dtype=torch.float64)
+    with pytest.raises(lossdsl.InputError, match="class index 3 outside"):
+        nll(x, torch.tensor([0, 3, 1, 2]))
+    torch.testing.assert_close(nll(x, torch.tensor([0, -100, 1, 2])),
+                               F.nll_loss(x, torch.tensor([0, -100, 1, 2])))
+
+
+@pytest.mark.slow
+def test_compiled_cross_entropy_checks_its_indices_inside_the_loss_graph() -> None:
+    """The class-index check is a flag raised at the return (_checked_index), not graphs of its own: one
+    graph for the loss and its flags, one for the raise's branch. Three before ff4c1e6."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    fast = lossdsl.stdlib.cross_entropy(mode="compiled")
+    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, -100, 4, 2, 1, 3])
+    out, ref = fast(x, y), F.cross_entropy(x, y)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(torch.autograd.grad(out, x)[0], torch.autograd.grad(ref, x)[0])
+    assert counters["stats"]["unique_graphs"] <= 2
+    for bad in (5, -7):
+        with pytest.raises(lossdsl.InputError, match=f"class index {bad} outside"):
+            fast(x, torch.tensor([0, -100, bad, 2, 1, 3]))
+
+
+def _generated_globals(module: torch.nn.Module) -> dict:
+    return inspect.getmodule(type(module)).__dict__
+
+
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_picked_gradient_is_gathers(dim: int) -> None:
+    """_Picked (what _gather traces as) gives x.gather's gradient: a select over x's shape that equals the
+    scatter_add, including an index that repeats a position across rows and a broadcast index."""
+    picked = _generated_globals(lossdsl.stdlib.multi_margin_loss())["_Picked"]
+    gen = torch.Generator().manual_seed(dim + 5)
+    x = torch.randn(4, 5, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    shape = list(x.shape)
+    shape[dim] = 1
+    index = torch.randint(x.shape[dim], shape, generator=gen)
+    seed = torch.randn(shape, dtype=torch.float64, generator=gen)
+    got = torch.autograd.grad((picked.apply(x, dim, index) * seed).sum(), x)[0]
+    want = torch.autograd.grad((x.gather(dim, index) * seed).sum(), x)[0]
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(picked.apply(x, dim, index), x.gather(dim, index), rtol=0, atol=0)
+
+
+def test_a_lone_gather_keeps_the_scatter_and_a_shared_one_selects() -> None:
+    """nll reads its input at the target only (a memset and a scatter are the cheapest gradient), while
+    multi_margin's input[n, target[n]] has a dense gradient term to fuse its select with."""
+    assert "input.gather(1, target_ix" in lossdsl.stdlib.get("nll_loss").to_source()
+    source = lossdsl.stdlib.get("multi_margin_loss").to_source()
+    assert "_gather(input, 1, target_ix" in source and "input.gather(" not in source
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["multi_margin_loss", "cross_entropy"])
+def test_compiled_gradient_of_a_gathered_input_is_one_buffer(name: str) -> None:
+    """input[n, target[n]]'s gradient (zeros + scatter_add) and input's dense gradient were two full-size
+    buffers and an add in the compiled backward; with _gather's select they are one kernel and one buffer,
+    as torch's multi_margin_loss has (its cross_entropy has three)."""
+    builtin = getattr(F, name)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(512, 256, generator=gen, requires_grad=True)
+    y = torch.randint(256, (512,), generator=gen)
+    fast = getattr(lossdsl.stdlib, name)(mode="compiled")
+    out, ref = fast(x, y), builtin(x, y)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(torch.autograd.grad(out, x)[0], torch.autograd.grad(ref, x)[0])
+    peak = peak_bytes(lambda: torch.autograd.grad(fast(x, y), x), torch.device("cpu"))
+    one_buffer = x.numel() * x.element_size()
+    assert peak <= one_buffer + 64 * 1024, (peak, one_buffer)  # allowance: per-row temporaries ([512] floats)
 
 
 @pytest.mark.slow
