@@ -26,7 +26,7 @@ FUNCS: dict[type, str] = {
     sp.sinh: "torch.sinh", sp.acos: "torch.acos", sp.asin: "torch.asin", sp.atan: "torch.atan",
     sp.erf: "torch.erf", ir.sigmoid: "torch.sigmoid", ir.logsigmoid: "torch.nn.functional.logsigmoid",
     ir.softplus: "torch.nn.functional.softplus", ir.relu: "torch.relu", ir.log1p: "torch.log1p",
-    ir.expm1: "torch.expm1", ir.isfinite: "torch.isfinite",
+    ir.expm1: "_expm1", ir.isfinite: "torch.isfinite",
 }
 MEMOS = ("memo", "calls", "relabelled", "renamable")  # what an emitter remembers of emitted values
 _TEMP_LINE = re.compile(r"t\d+ = ")
