@@ -119,7 +119,7 @@ class Loss:
         for key in params:
             if key not in known and key not in sizes:
                 raise UnknownNameError(f"loss '{self.name}' has no parameter '{key}'"
-                                       + did_you_mean(key, [*known, *sizes]))
+                                       + (_variant_hint(self.name, key) or did_you_mean(key, [*known, *sizes])))
         for p in self.parameters:
             if p.default is None and p.name not in params:
                 raise ParameterError(f"loss '{self.name}' needs a value for parameter '{p.name}'")
@@ -300,3 +300,15 @@ def compile(text: str, *, reduction: str | None = None, inputs: Sequence[str] | 
 
 
 __all__ = ["InputError", "Loss", "compile", "load", "parse"]
+
+
+def _variant_hint(name: str, key: str) -> str:
+    """Where a stdlib variant of the loss takes the parameter (torch's cross_entropy has label_smoothing,
+    the stdlib splits it off as cross_entropy_smoothed): say which, instead of a near-miss spelling."""
+    from . import stdlib
+
+    if name not in stdlib.names():
+        return ""
+    takers = [n for n in stdlib.names() if n.startswith(f"{name}_")
+              and any(p.name == key for p in stdlib.get(n).parameters)]
+    return f"; {' and '.join(takers)} {'takes' if len(takers) == 1 else 'take'} it" if takers else ""

@@ -122,3 +122,12 @@ def test_error_rendering_without_source_and_closest_name() -> None:
     assert "    ab cd\n      ^^" in str(err.with_source("ab cd"))
     assert closest("softmx", ["softmax", "sum"]) == "softmax"
     assert closest("zzz", ["softmax"]) is None
+
+
+def test_a_parameter_of_a_stdlib_variant_names_the_variant() -> None:
+    """torch's cross_entropy takes label_smoothing; the stdlib splits it off into variants, which the
+    error names instead of a near-miss spelling (a misspelling still gets one)."""
+    with pytest.raises(lossdsl.UnknownNameError, match="cross_entropy_probs and cross_entropy_smoothed take it"):
+        lossdsl.stdlib.cross_entropy(label_smoothing=0.1)
+    with pytest.raises(lossdsl.UnknownNameError, match="did you mean 'weight'"):
+        lossdsl.stdlib.cross_entropy(wieght=1.0)
