@@ -299,9 +299,6 @@ def compile(text: str, *, reduction: str | None = None, inputs: Sequence[str] | 
     return module
 
 
-__all__ = ["InputError", "Loss", "compile", "load", "parse"]
-
-
 def _variant_hint(name: str, key: str) -> str:
     """Where a stdlib variant of the loss takes the parameter (torch's cross_entropy has label_smoothing,
     the stdlib splits it off as cross_entropy_smoothed): say which, instead of a near-miss spelling."""
@@ -312,3 +309,6 @@ def _variant_hint(name: str, key: str) -> str:
     takers = [n for n in stdlib.names() if n.startswith(f"{name}_")
               and any(p.name == key for p in stdlib.get(n).parameters)]
     return f"; {' and '.join(takers)} {'takes' if len(takers) == 1 else 'take'} it" if takers else ""
+
+
+__all__ = ["InputError", "Loss", "compile", "load", "parse"]

@@ -29,9 +29,9 @@ class LinearLoss(torch.nn.Module):
     forward(h[..., D], weight[V, D], *others, bias=None): every position of h's leading axes is a row
     (language-model hidden states [batch, sequence, D] need no reshape). `others` are the loss's other inputs
     in their declared order; those whose first axis is the rows' start with h's leading shape and are cut
-    with it, the rest passed whole. Only h,
-    weight and bias get gradients. reduction: "mean" (the loss's own: weighted where it says `reduce mean
-    weighted by`, nan when the total weight is 0, like torch) or "sum"."""
+    with it, the rest passed whole. Only h, weight and bias get gradients. reduction: "mean" (the loss's
+    own: weighted where it says `reduce mean weighted by`, nan when the total weight is 0, like torch) or
+    "sum"."""
 
     def __init__(self, loss: Loss, *, chunk: int = 1024, reduction: str | None = None, input: str | None = None,
                  mode: str = "eager", **params) -> None:
