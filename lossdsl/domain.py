@@ -76,6 +76,7 @@ FUNCTIONS: dict[type, Callable[[Interval], Interval]] = {
     ir.sigmoid: lambda b: (0.0, 1.0),
     ir.logsigmoid: lambda b: (-INF, 0.0),
     ir.softplus: lambda b: (0.0, INF),
+    ir.logcosh: lambda b: (0.0, INF),
     ir.relu: lambda b: (max(b[0], 0.0), max(b[1], 0.0)),
     sp.Abs: lambda b: (0.0 if b[0] <= 0 <= b[1] else min(abs(b[0]), abs(b[1])), max(abs(b[0]), abs(b[1]))),
     sp.tanh: lambda b: (-1.0, 1.0), sp.erf: lambda b: (-1.0, 1.0), sp.sin: lambda b: (-1.0, 1.0),

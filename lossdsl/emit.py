@@ -18,6 +18,7 @@ from . import ir
 from .errors import KindError
 from .masks import MaskLowering
 from .scope import ELLIPSIS, free_indices, rename
+from .stable import log_cosh_form
 from .values import V, _literal, _paren
 
 FUNCS: dict[type, str] = {
@@ -167,6 +168,7 @@ class Emitter(MaskLowering):
             (sp.Piecewise, self.piecewise), (ir._Reduction, self.reduction), (ir._Normaliser, self.normaliser),
             (ir.At, self.at), (ir.FnCall, self.fncall), (ir.Grad, self.grad),
             ((sp.Min, sp.Max), self.minmax), (ir.xlogy, self.xlogy),
+            (ir.logcosh, lambda x: self.emit(log_cosh_form(x.args[0]))),
             (sp.core.relational.Relational, self.compare), ((sp.And, sp.Or, sp.Not), self.logic),
             (sp.ITE, self.ite),
             (sp.Heaviside, lambda x: self.logic_to_float(self.emit(sp.Gt(x.args[0], 0)))),

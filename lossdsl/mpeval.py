@@ -61,6 +61,7 @@ FUNCS: dict[type, Callable] = {
     ir.relu: lambda x: x if re(x) > 0 else mp.mpf(0),
     ir.log1p: lambda x: mp.nan if re(x) < -1 else mp.log1p(x),
     ir.expm1: mp.expm1,
+    ir.logcosh: lambda x: mp.log(mp.cosh(x)),
     sp.Heaviside: lambda x: mp.mpf(re(x) > 0),
 }
 COMPARE = {sp.Eq: lambda a, b: a == b, sp.Ne: lambda a, b: a != b, sp.Lt: lambda a, b: re(a) < re(b),

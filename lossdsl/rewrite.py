@@ -25,7 +25,6 @@ from .scope import free_indices
 from .stable import (
     adds_axis,
     clamped_log,
-    log_cosh,
     log_ratio,
     logaddexp,
     logsumexp,
@@ -171,7 +170,7 @@ def r_log_cosh_identity(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
         if isinstance(t, ir.softplus):
             u = -t.args[0] / 2
             if u in e.args:
-                return log_cosh(u.args[0] if isinstance(u, sp.Abs) else u) + (e - u - t + sp.log(2))
+                return ir.logcosh(u.args[0] if isinstance(u, sp.Abs) else u) + (e - u - t + sp.log(2))
     return None
 
 
@@ -353,8 +352,7 @@ def _guarded(a: sp.Basic, u: sp.Basic) -> bool:
 
 def _open_poles(e: sp.Basic, u: sp.Basic, ctx: Ctx) -> list[sp.Basic]:
     """The nodes of e with a pole in something built from u that u's bounds let them reach and no guard
-    keeps away: inf or NaN (with an infinite derivative) outside the branch's condition on u.
-    The log_cosh rule's own form shifts its denominator 2 + 2w off 0 where that branch is not taken."""
+    keeps away: inf or NaN (with an infinite derivative) outside the branch's condition on u."""
     out = []
     for node in sp.preorder_traversal(e):
         p = _pole(node)
@@ -404,7 +402,7 @@ RULES: list[Rule] = [
          wild(ir.log1p(sp.exp(A)), softplus), "log1p(exp(x))", "log1p(exp(x) + 1)"),
     Rule("log_cosh", "log(cosh(a))",
          "w = expm1(-|a|); |a| < 1: log1p(w^2 / (2 + 2w)); else |a| - log 2 + log1p((1 + w)^2)",
-         "none", wild(sp.log(sp.cosh(A)), log_cosh), "log(cosh(x))", "log(cosh(x) + 1)", (-1e4, 1e4)),
+         "none", wild(sp.log(sp.cosh(A)), ir.logcosh), "log(cosh(x))", "log(cosh(x) + 1)", (-1e4, 1e4)),
     Rule("log_cosh_identity", "a + softplus(-2a) - log 2", "log(cosh(a)), computed as the log_cosh rule's form",
          "the three terms appear together in one sum", r_log_cosh_identity, "x + softplus(-2*x) - log(2)",
          "x + softplus(-2*x) - log(3)", (-1e-3, 1e-3)),

@@ -1,4 +1,5 @@
-"""The stable forms the rewrite rules produce, in plain IR (so the emitter and gradient.py need nothing new).
+"""The stable forms the rewrite rules produce, in plain IR (so the emitter and gradient.py need nothing new),
+except log_cosh_form, which the rule leaves as the node ir.logcosh (derivative tanh) and the emitter expands.
 
 Each form is written for float32/float16 arithmetic: no intermediate overflows, no subtraction of nearly
 equal quantities, and every branch a `where` does not take keeps a finite gradient (the double-where).
@@ -55,13 +56,14 @@ def shifted(value: sp.Expr, bad: sp.Basic, by: sp.Expr) -> sp.Expr:
     return value + by * ir.iverson(bad)
 
 
-def log_cosh(a: sp.Expr) -> sp.Expr:
-    """log(cosh(a)) from one expm1 and one log1p (the textbook log(cosh) costs two transcendentals and
-    overflows at |a| = 89 in float32). With w = expm1(-|a|) in (-1, 0]: cosh(a) - 1 = w^2 / (2 (1 + w)),
-    free of cancellation while 1 + w = exp(-|a|) is far from 0 (|a| < 1), and for |a| >= 1 the value is
-    |a| - log 2 + log1p(exp(-2|a|)) with exp(-2|a|) = (1 + w)^2, whose rounding there is far below
-    ulp(|a| - log 2). Both branches read the same w, so one where picks the log1p argument; the
-    denominator is shifted off 0 where its branch is not taken, keeping that branch's gradient finite."""
+def log_cosh_form(a: sp.Expr) -> sp.Expr:
+    """What the emitter prints for ir.logcosh(a), the log_cosh rule's result: log(cosh(a)) from one expm1
+    and one log1p (the textbook log(cosh) costs two transcendentals and overflows at |a| = 89 in float32).
+    With w = expm1(-|a|) in (-1, 0]: cosh(a) - 1 = w^2 / (2 (1 + w)), free of cancellation while
+    1 + w = exp(-|a|) is far from 0 (|a| < 1), and for |a| >= 1 the value is |a| - log 2 + log1p(exp(-2|a|))
+    with exp(-2|a|) = (1 + w)^2, whose rounding there is far below ulp(|a| - log 2). Both branches read the
+    same w, so one where picks the log1p argument; the denominator is shifted off 0 where its branch is not
+    taken, keeping that branch's autograd gradient finite (the symbolic one is ir.logcosh's tanh)."""
     mag = sp.Abs(a)
     near = mag < COSH_SWITCH
     w = ir.expm1(-mag)

@@ -347,3 +347,22 @@ def test_fused_backward_reads_exponent_parameters_as_numbers() -> None:
         pows = [op for op in ops.seen if op.startswith("aten.pow")]
         assert pows and all(op == "aten.pow.Tensor_Scalar" for op in pows), pows
         torch.testing.assert_close(gradients(module, args)[0], gradients(eager, args)[0], rtol=1e-9, atol=1e-12)
+
+
+def test_log_cosh_backward_is_one_tanh_and_exact_at_extremes():
+    """The symbolic gradient of log-cosh is tanh(x - y) / N: the backward runs one tanh and no where (the
+    stable forward's branches are not differentiated), and is +-1/N at errors of +-1e4 in every float dtype."""
+    module = lossdsl.stdlib.get("log_cosh_loss").compile(mode="fused")
+    x = torch.tensor([-1e4, -3.0, -1e-6, 0.0, 2e-7, 0.5, 40.0, 1e4], dtype=torch.float64)
+    y = torch.zeros_like(x)
+    ops = _backward_ops(module, [x, y])  # clones: x itself stays a constant
+    names = [name for name, _ in ops.ops]
+    assert names.count("tanh") == 1 and "where" not in names
+    for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
+        xd = x.to(dtype).clone().requires_grad_()
+        module(xd, y.to(dtype)).backward()
+        expected = torch.tanh(x.to(dtype).double()) / x.numel()  # of the rounded inputs
+        assert xd.grad.dtype == dtype and torch.isfinite(xd.grad).all()
+        half = dtype.itemsize == 2  # whose subnormals end at 6e-8: tanh(2e-7) / 8 rounds to 0 there
+        torch.testing.assert_close(xd.grad.double(), expected, rtol=1e-2 if half else 1e-6,
+                                   atol=6e-8 if half else 1e-12)

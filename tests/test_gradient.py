@@ -176,6 +176,26 @@ def test_sigmoid_focal_on_logits():
         assert float(g.subs(at).evalf()) == pytest.approx(float(hand.evalf()), rel=1e-9)
 
 
+
+def test_log_cosh_is_tanh_of_the_error():
+    """log(cosh(.)) becomes the stable log-cosh node, whose derivative is tanh: not the derivative of the
+    branchy expm1 form it prints (25 times the text, a where per branch)."""
+    loss = lossdsl.parse("log(cosh(x - y))")
+    g = loss.grad("x")
+    assert g.expr == sp.tanh(x - y) / NUMEL
+    assert str(g) == "d formula/d x = tanh(x - y)/numel(out)"
+    assert r"\tanh" in g.latex()
+    assert loss.grad("y").expr == -sp.tanh(x - y) / NUMEL
+    identity = lossdsl.parse("x + softplus(-2*x) - log(2)")  # the TensorFlow spelling, rewritten to the node
+    assert identity.expr == ir.logcosh(x) and identity.grad("x").expr == sp.tanh(x) / NUMEL
+
+
+def test_log_cosh_node_is_even_and_zero_at_zero():
+    assert ir.logcosh(y - x) == ir.logcosh(x - y)
+    assert ir.logcosh(sp.Integer(0)) == 0
+    assert sp.diff(ir.logcosh(x), x, 2) == 1 - sp.tanh(x) ** 2
+
+
 # ---- constructs
 def test_gather_scatters_through_a_onehot_and_learnable_centres_accumulate():
     center = lossdsl.load(EXAMPLES)["center"]
