@@ -106,6 +106,21 @@ def r_prob_log(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
     return None
 
 
+def r_implied_clamp(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
+    """max(a, c) where a >= c already: BCE written as torch documents it, max(log(p), -100), around the
+    clamped log the prob_log rule makes of log(p), would clamp twice (eager: a clamp and its backward's
+    compare and select, 10 ms of 4M elements)."""
+    if not isinstance(e, (sp.Max, sp.Min)):
+        return None
+    consts = [a for a in e.args if a.is_number]
+    rest = [a for a in e.args if not a.is_number]
+    if len(consts) != 1 or not rest:
+        return None
+    lo, hi = ctx.bounds(e.func(*rest))
+    c = float(consts[0])
+    return e.func(*rest) if (lo >= c if isinstance(e, sp.Max) else hi <= c) else None
+
+
 def r_log_exp_ratio(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
     if not (isinstance(e, sp.log) and isinstance(e.args[0], sp.Mul)):
         return None
@@ -458,6 +473,9 @@ RULES: list[Rule] = [
     Rule("xlogy_at_zero", "xlogy(x, y)", "x log(y) where x != 0 (y read as 1 elsewhere), else 0",
          "y can reach 0 (its gradient x / y is then 0 / 0)", r_xlogy_at_zero, "xlogy(x, y)",
          "loss l(x, y: positive):\n    xlogy(x, y)\n", (0.0, 3.0), late=True),
+    Rule("implied_clamp", "max(a, c) (min(a, c)), c a constant", "a",
+         "a's bounds already keep it >= c (<= c), as the prob_log rule's clamped log does", r_implied_clamp,
+         "loss b(p: prob):\n    max(log(p), -100)\n", "max(log(x), -100)", (0.0, 1.0), late=True),
     Rule("empty_ratio", "num / den, den a sum of non-negative terms", "1 where num = den = 0, else num/den",
          "den >= 0, has no constant term (eps) and sums over an axis (an empty mask makes it 0)",
          r_empty_ratio,

@@ -102,6 +102,25 @@ def test_prob_clamp_matches_torch_bce_at_0_and_1():
     assert torch.isfinite(p.grad).all()
 
 
+
+def test_stdlib_bce_clamps_each_log_once():
+    """The stdlib writes max(log(p), -100) as torch documents it; the prob_log rule already clamps the log,
+    so implied_clamp drops the outer max: two clamps in the source, not four, same values and gradients."""
+    loss = lossdsl.stdlib.get("binary_cross_entropy")
+    assert "implied_clamp" in fired(loss.ir)
+    assert loss.to_source().split("\nclass ")[-1].count(".clamp(") == 2  # the class, not the prelude
+    p = torch.tensor([0.0, 1.0, 1e-50, 1e-6, 0.3, 1 - 1e-6, 1 - 1e-16, 0.5], dtype=torch.float64,
+                     requires_grad=True)
+    y = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.5], dtype=torch.float64)
+    got = torch.autograd.grad(loss.compile()(p, y), p)[0]
+    q = p.detach().clone().requires_grad_()
+    want = torch.autograd.grad(torch.nn.functional.binary_cross_entropy(q, y), q)[0]
+    torch.testing.assert_close(loss.compile()(p, y), torch.nn.functional.binary_cross_entropy(q, y), rtol=1e-12,
+                               atol=0)
+    unclamped = p * (1 - p) > 1e-12  # torch divides by max(p (1 - p), 1e-12); a clamped log has gradient 0
+    torch.testing.assert_close(got[unclamped], want[unclamped], rtol=1e-9, atol=0)
+    assert torch.isfinite(got).all() and got[2] == 0
+
 def test_empty_masks_give_a_finite_dice():
     mod = lossdsl.compile(RULES[[r.name for r in RULES].index("empty_ratio")].fires, reduction="none")
     p = torch.zeros(2, 4, dtype=torch.float64, requires_grad=True)
