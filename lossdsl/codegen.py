@@ -16,7 +16,7 @@ import sympy as sp
 import torch
 
 from . import ir
-from .emit import Emitter, V, _literal
+from .emit import NODES, Emitter, V, _literal
 from .errors import ShapeError
 
 PRELUDE = '''import torch
@@ -359,7 +359,9 @@ class SourceBuilder:
                 f"    default_reduction = {self.default_reduction()!r}", ""]
         out += self.init_source(floats)
         out += self.forward_source(floats)
-        return "\n".join(out) + "\n"
+        body = "\n".join(out[1:])
+        nodes = [node_class(node) for node, (name, _) in NODES.items() if f"{name}.apply(" in body]
+        return "\n".join([out[0], *nodes, *([""] if nodes else []), *out[1:]]) + "\n"
 
     def default_reduction(self) -> str:
         mode = self.loss.reduce_mode
@@ -691,6 +693,29 @@ def _literal_value(v) -> str:
 
 _TMP = re.compile(r"\bt\d+\b")  # the emitter's temporaries
 _STRING = re.compile(r"\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'")  # messages may quote a user's name "t1"
+
+
+def node_class(node: type) -> str:
+    """The autograd.Function of an emit.NODES node: forward prints the node's stable form of `a`, backward
+    multiplies by the node's derivative (its fdiff), both through the emitter like the loss itself."""
+    name, form = NODES[node]
+    a = sp.Symbol("a", real=True)
+
+    def body(e: sp.Expr) -> list[str]:
+        lines: list[str] = []
+        v = Emitter([], str, {n: V(n, ell=True) for n in ("a", "grad")}, {}, lines).emit(e)
+        lines = _free_temporaries([f"        {line}" for line in lines])
+        text = "\n".join(lines)
+        uses = [f"        {n} = a.{attr}" for n, attr in (("_dt", "dtype"), ("_dev", "device"))
+                if re.search(rf"\b{n}\b", text)]
+        return [*uses, *lines, f"        return {v.code}"]
+
+    doc = f"{node.__name__}(a) from its stable form; its gradient is grad * {sp.sstr(sp.diff(node(a), a))}"
+    return "\n".join([
+        "", f"class {name}(torch.autograd.Function):", f"    {doc!r}", "", "    @staticmethod",
+        "    def forward(a):", *body(form(a)), "", "    @staticmethod", "    def setup_context(ctx, inputs, output):",
+        "        ctx.save_for_backward(inputs[0])", "", "    @staticmethod", "    def backward(ctx, grad):",
+        "        a, = ctx.saved_tensors", *body(sp.Symbol("grad", real=True) * sp.diff(node(a), a))])
 
 
 def _free_temporaries(lines: list[str]) -> list[str]:

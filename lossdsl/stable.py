@@ -62,12 +62,13 @@ def log_cosh_form(a: sp.Expr) -> sp.Expr:
     With w = expm1(-|a|) in (-1, 0]: cosh(a) - 1 = w^2 / (2 (1 + w)), free of cancellation while
     1 + w = exp(-|a|) is far from 0 (|a| < 1), and for |a| >= 1 the value is |a| - log 2 + log1p(exp(-2|a|))
     with exp(-2|a|) = (1 + w)^2, whose rounding there is far below ulp(|a| - log 2). Both branches read the
-    same w, so one where picks the log1p argument; the denominator is shifted off 0 where its branch is not
-    taken, keeping that branch's autograd gradient finite (the symbolic one is ir.logcosh's tanh)."""
+    same w, so one where picks the log1p argument. The form is only evaluated, never differentiated (the
+    node's backward is tanh), so the branch not taken may divide by 0 (2 + 2w = 2 exp(-|a|) underflows).
+    """
     mag = sp.Abs(a)
     near = mag < COSH_SWITCH
     w = ir.expm1(-mag)
-    inner = sp.Piecewise((w ** 2 / shifted(2 + 2 * w, sp.Not(near), 1), near), ((1 + w) ** 2, True))
+    inner = sp.Piecewise((w ** 2 / (2 + 2 * w), near), ((1 + w) ** 2, True))
     return ir.log1p(inner) + sp.Piecewise((0, near), (mag - sp.log(2), True))
 
 
