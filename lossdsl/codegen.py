@@ -712,7 +712,8 @@ def node_class(node: type) -> str:
 
     doc = f"{node.__name__}(a) from its stable form; its gradient is grad * {sp.sstr(sp.diff(node(a), a))}"
     return "\n".join([
-        "", f"class {name}(torch.autograd.Function):", f"    {doc!r}", "", "    @staticmethod",
+        "", f"class {name}(torch.autograd.Function):", f"    {doc!r}", "",
+        "    generate_vmap_rule = True  # torch.func.vmap(grad(loss)): per-sample gradients", "", "    @staticmethod",
         "    def forward(a):", *body(form(a)), "", "    @staticmethod", "    def setup_context(ctx, inputs, output):",
         "        ctx.save_for_backward(inputs[0])", "", "    @staticmethod", "    def backward(ctx, grad):",
         "        a, = ctx.saved_tensors", *body(sp.Symbol("grad", real=True) * sp.diff(node(a), a))])

@@ -327,3 +327,12 @@ def test_log_cosh_runs_as_a_generated_autograd_function() -> None:
     torch.testing.assert_close(g, torch.tanh(x.detach()) / n, rtol=1e-15, atol=0)
     (h,) = torch.autograd.grad(g.sum(), x)
     torch.testing.assert_close(h, (1 - torch.tanh(x.detach()) ** 2) / n, rtol=1e-12, atol=1e-300)
+
+
+def test_log_cosh_per_sample_gradients_through_torch_func() -> None:
+    """vmap(grad(loss)) (per-sample gradients) worked on the plain ops and must work on the generated
+    autograd.Function too (it needs generate_vmap_rule)."""
+    module = lossdsl.stdlib.get("log_cosh_loss").compile()
+    x, y = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    per_sample = torch.func.vmap(torch.func.grad(lambda a, b: module(a, b)))(x, y)
+    torch.testing.assert_close(per_sample, torch.tanh(x - y) / 3, rtol=1e-14, atol=0)
