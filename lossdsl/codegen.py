@@ -359,8 +359,8 @@ class SourceBuilder:
                 f"    default_reduction = {self.default_reduction()!r}", ""]
         out += self.init_source(floats)
         out += self.forward_source(floats)
-        body = "\n".join(out[1:])
-        nodes = [node_class(node) for node, (name, _) in NODES.items() if f"{name}.apply(" in body]
+        used = "\n".join(out)
+        nodes = [node_class(node) for node, (name, _) in NODES.items() if f"{name}.apply(" in used]
         return "\n".join([out[0], *nodes, *([""] if nodes else []), *out[1:]]) + "\n"
 
     def default_reduction(self) -> str:
@@ -700,6 +700,7 @@ def node_class(node: type) -> str:
     multiplies by the node's derivative (its fdiff), both through the emitter like the loss itself."""
     name, form = NODES[node]
     a = sp.Symbol("a", real=True)
+    derivative = sp.diff(node(a), a)
 
     def body(e: sp.Expr) -> list[str]:
         lines: list[str] = []
@@ -710,13 +711,13 @@ def node_class(node: type) -> str:
                 if re.search(rf"\b{n}\b", text)]
         return [*uses, *lines, f"        return {v.code}"]
 
-    doc = f"{node.__name__}(a) from its stable form; its gradient is grad * {sp.sstr(sp.diff(node(a), a))}"
+    doc = f"{node.__name__}(a) from its stable form; its gradient is grad * {sp.sstr(derivative)}"
     return "\n".join([
         "", f"class {name}(torch.autograd.Function):", f"    {doc!r}", "",
         "    generate_vmap_rule = True  # torch.func.vmap(grad(loss)): per-sample gradients", "", "    @staticmethod",
         "    def forward(a):", *body(form(a)), "", "    @staticmethod", "    def setup_context(ctx, inputs, output):",
         "        ctx.save_for_backward(inputs[0])", "", "    @staticmethod", "    def backward(ctx, grad):",
-        "        a, = ctx.saved_tensors", *body(sp.Symbol("grad", real=True) * sp.diff(node(a), a))])
+        "        a, = ctx.saved_tensors", *body(sp.Symbol("grad", real=True) * derivative)])
 
 
 def _free_temporaries(lines: list[str]) -> list[str]:

@@ -183,7 +183,7 @@ class Emitter(MaskLowering):
         if type(e) in FUNCS or e.func in FUNCS:
             return self.function
         if e.func in NODES:
-            return lambda x: self.unary(f"{NODES[x.func][0]}.apply", self.emit(x.args[0]))
+            return self.node_call
         raise KindError(f"internal: no code generation rule for {type(e).__name__}")
 
     # ---- elementwise
@@ -312,6 +312,9 @@ class Emitter(MaskLowering):
 
     def function(self, e: sp.Function) -> V:
         return self.unary(FUNCS[e.func], self.emit(e.args[0]))
+
+    def node_call(self, e: sp.Function) -> V:
+        return self.unary(f"{NODES[e.func][0]}.apply", self.emit(e.args[0]))
 
     def minmax(self, e: sp.Basic) -> V:
         fn = "torch.minimum" if isinstance(e, sp.Min) else "torch.maximum"

@@ -1,8 +1,10 @@
 """The stable forms the rewrite rules produce, in plain IR (so the emitter and gradient.py need nothing new),
-except log_cosh_form, which the rule leaves as the node ir.logcosh (derivative tanh) and the emitter expands.
+except log_cosh_form: the rule leaves the node ir.logcosh (derivative tanh), and the generated code evaluates
+this form inside an autograd.Function (emit.NODES, codegen.node_class).
 
 Each form is written for float32/float16 arithmetic: no intermediate overflows, no subtraction of nearly
-equal quantities, and every branch a `where` does not take keeps a finite gradient (the double-where).
+equal quantities, and every branch a `where` does not take keeps a finite gradient (the double-where), except
+in log_cosh_form, which is never differentiated.
 """
 
 from __future__ import annotations
