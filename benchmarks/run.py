@@ -39,6 +39,7 @@ def elements(size: str) -> int:
     """A size name of SIZES, or an element count such as 1e8 (the GPU target's size)."""
     return SIZES[size] if size in SIZES else int(float(size))
 MODES = ("eager", "fused", "compiled")
+COMPILED = {"compiled": "autograd", "compiled_sym": "symbolic"}  # --modes names of compiled.build's backwards
 RECOMPUTE = "masks"  # compiled.build's recompute policy, set by --recompute (one per process: Dynamo shares
 # compiled code between modules of one class, so two policies in one process would mix)
 SWEEP = ("mse_loss", "sigmoid_focal_loss", "cross_entropy")
@@ -62,8 +63,9 @@ def variants(loss: Loss, case: Case, modes: tuple[str, ...], dynamic: bool) -> d
     out["textbook"] = lambda *a: case.textbook(*a, **case.params)
     for mode in modes:
         try:
-            if mode == "compiled":
-                out[mode] = compiled.build(loss, loss.compile(**case.params), dynamic=dynamic, recompute=RECOMPUTE)
+            if mode in COMPILED:
+                out[mode] = compiled.build(loss, loss.compile(**case.params), dynamic=dynamic, recompute=RECOMPUTE,
+                                           backward=COMPILED[mode])
             else:
                 out[mode] = loss.compile(mode=mode, **case.params)
         except Exception as err:  # a mode still being built must not stop the benchmark
@@ -214,7 +216,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", help="comma-separated loss names")
     ap.add_argument("--sizes", default="small,large", help="small, large or element counts (1e8)")
-    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--modes", default=",".join(MODES),
+                    help="of eager, fused, compiled, compiled_sym (compiled with the symbolic backward)")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")

@@ -232,9 +232,12 @@ def _check_range(module, late, x, lo, hi, message):
 
 
 def _raise_late(module, late, value):
-    """value, once no check recorded by _check_range or _checked_index has flagged."""
+    """value, once no check recorded by _check_range or _checked_index has flagged. Fused mode's
+    autograd.Function cannot branch on a tensor while traced: it takes (value, flag) and its caller raises."""
     if late:
         bad = torch.stack([flag for flag, _ in late]).any()
+        if getattr(module, "_lossdsl_flag_out", False):
+            return value, bad
         if bad:  # while tracing, the graph breaks here, after the loss and its flags were computed together
             message = next(message for flag, message in late if flag)
             raise module.error(message if isinstance(message, str) else _index_message(*message))

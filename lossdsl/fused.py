@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+import types
 
 import sympy as sp
 import torch
@@ -144,6 +145,14 @@ class GradientBuilder(SourceBuilder):
         if not i.is_integral:
             self.lines.append(f"_dtype_{self.py[i.name]} = {self.py[i.name]}.dtype")
         super().bind_input(i)
+
+    def validate_input(self, i: ir.Input) -> None:
+        """The forward checked the inputs' ranges; an index is still clamped as the forward's gathers read it."""
+        if i.kind != "prob":
+            super().validate_input(i)
+
+    def returning(self, value: str) -> str:
+        return f"return {value}"
 
     def rewrite(self, body: list[str]) -> list[str]:
         return _free_temporaries(_in_place(body, self.em.fresh, self.em.tmp_labels))
@@ -298,35 +307,80 @@ _LOSSES: dict[int, ir.LossIR] = {}
 
 
 class _Fused(torch.autograd.Function):
-    """forward: the plain module without a graph; backward: the generated vector-Jacobian product."""
+    """forward: the plain module without a graph; backward: the generated vector-Jacobian product.
+
+    While torch.compile traces, the range checks' flag comes out as a second, non-differentiable output
+    (see codegen._raise_late): a data-dependent branch inside the Function would make Dynamo give up on
+    the whole Function and run it eagerly."""
 
     @staticmethod
-    def forward(ctx, module: torch.nn.Module, kinds: tuple, *args):
+    def forward(ctx, module: torch.nn.Module, *args):
         n = len(module.input_names)
         out = module._lossdsl_eager_forward(*args[:n])
-        ctx.module, ctx.kinds = module, kinds
+        ctx.module, ctx.want = module, _wanted(module, args)
         ctx.plain = [None if isinstance(a, torch.Tensor) else a for a in args]
         ctx.save_for_backward(*(a for a in args if isinstance(a, torch.Tensor)))
+        if isinstance(out, tuple):
+            ctx.mark_non_differentiable(out[1])
         return out
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out, *_flag):
         module, n = ctx.module, len(ctx.module.input_names)
         saved = iter(ctx.saved_tensors)
         args = [next(saved) if a is None else a for a in ctx.plain]
-        names = [*module.input_names, *module._lossdsl_learnable]  # Python names, as the module spells them
-        want = tuple(nm for nm, need, k in zip(names, ctx.needs_input_grad[2:], ctx.kinds, strict=True)
-                     if need and k)
+        names, want = [*module.input_names, *module._lossdsl_learnable], ctx.want
         grads = dict.fromkeys(names)
         if want:
-            fixed = tuple((name, getattr(module, py)) for name, py in module._lossdsl_fixed)
-            cls = _vjp_class(module._lossdsl_key, want, module.reduction, fixed)
+            cls = _backward_class(module, want)
             device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
             with torch.autocast(device_type=device, enabled=False):
-                grads.update(zip(want, cls.forward(module, *args[:n], grad_out=grad_out), strict=True))
-        return (None, None, *(grads[nm] for nm in names))
+                outs = cls.forward(module, *args[:n], grad_out=grad_out)
+            grads.update({nm: outs[k] for k, nm in enumerate(want)})  # a strict zip trips Dynamo (2.13)
+        return (None, *(grads[nm] for nm in names))
 
 
+def _backward_class(module: torch.nn.Module, want: tuple[str, ...]) -> type[torch.nn.Module]:
+    """The generated backward for `want`, from the module's own table when `prepare_backward` filled it:
+    Dynamo traces a dict lookup, but not the lru_cache'd SymPy work of building one."""
+    fixed = tuple((name, getattr(module, py)) for name, py in module._lossdsl_fixed)
+    key = (module._lossdsl_key, want, module.reduction, fixed)
+    cls = getattr(module, "_lossdsl_vjp", {}).get(key)
+    return cls if cls is not None else _vjp_class(*key)
+
+
+def _wanted(module: torch.nn.Module, values: list) -> tuple[str, ...]:
+    """The Python names of the inputs and learnable parameters (in that order, as `values`) whose gradient
+    the backward returns: differentiable and requiring grad. From requires_grad, not
+    ctx.needs_input_grad, whose length differs while Dynamo traces (torch 2.13)."""
+    names = [*module.input_names, *module._lossdsl_learnable]
+    return tuple(nm for nm, v, k in zip(names, values, module._lossdsl_kinds, strict=True)
+                 if k and isinstance(v, torch.Tensor) and v.requires_grad)
+
+
+def prepare_backward(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+    """Builds, outside any tracing, the backward a call with these arguments will need (mode="compiled")."""
+    if not torch.is_grad_enabled():
+        return
+    inputs = [*args, *(kwargs.get(nm) for nm in module.input_names[len(args):])]
+    want = _wanted(module, [*inputs, *(getattr(module, nm) for nm in module._lossdsl_learnable)])
+    if want:
+        fixed = tuple((name, getattr(module, py)) for name, py in module._lossdsl_fixed)
+        key = (module._lossdsl_key, want, module.reduction, fixed)
+        table = module.__dict__.setdefault("_lossdsl_vjp", {})
+        if key not in table:
+            table[key] = _vjp_class(*key)
+
+
+@torch.compiler.disable
+def _reraise(module: torch.nn.Module, inputs: list) -> None:
+    """A range check flagged while compiled: the eager forward raises the check's own message."""
+    with torch.no_grad():
+        module._lossdsl_eager_forward(*inputs)
+    raise module.error("an input failed a range check under torch.compile, but not when checked again eagerly")
+
+
+@functools.lru_cache(maxsize=128)
 def _lean_forward(key: int):
     from .api import _build_class
 
@@ -347,12 +401,27 @@ def _fused_class(base: type[torch.nn.Module], key: int) -> type[torch.nn.Module]
         if any(isinstance(getattr(self, nm), torch.nn.parameter.UninitializedParameter) for nm in learnable):
             with torch.no_grad():  # the first call sizes lazily shaped parameters
                 base.forward(self, *inputs)
-        return _Fused.apply(self, kinds, *inputs, *(getattr(self, nm) for nm in learnable))
+        out = _Fused.apply(self, *inputs, *(getattr(self, nm) for nm in learnable))
+        if isinstance(out, tuple):  # traced by torch.compile: the range checks' flag
+            out, bad = out
+            if bad:
+                _reraise(self, inputs)
+        return out
 
     return type(f"{base.__name__}Fused", (base,), {
         "forward": forward, "_lossdsl_eager_forward": _lean_forward(key), "_lossdsl_learnable": learnable,
+        "_lossdsl_kinds": kinds, "_lossdsl_flag_out": True,
         "_lossdsl_fixed": tuple((p.name, py[p.name]) for p in loss.params if p.type in ("int", "bool")),
         "_lossdsl_key": key, "__doc__": base.__doc__})
+
+
+def retarget(module: torch.nn.Module, loss_ir: ir.LossIR) -> None:
+    """Points a fused module's forward and backward at another IR of the same loss (compiled mode's
+    specialised parameter values), keeping its class, buffers and state_dict."""
+    key = id(loss_ir)
+    _LOSSES.setdefault(key, loss_ir)
+    module._lossdsl_key = key
+    module._lossdsl_eager_forward = types.MethodType(_lean_forward(key), module)
 
 
 def build(loss, module: torch.nn.Module) -> torch.nn.Module:

@@ -315,3 +315,84 @@ def test_a_loss_that_takes_a_gradient_runs_eagerly_in_compiled_mode() -> None:
     torch.testing.assert_close(out, ref)
     for a, b in zip(torch.autograd.grad(out, wrt), torch.autograd.grad(ref, wrt), strict=True):
         torch.testing.assert_close(a, b)
+
+
+def _eager_aten_ops(fn) -> set[str]:
+    """The aten ops the profiler sees run one by one: none of an op Inductor compiled into a kernel."""
+    with torch.profiler.profile() as prof:
+        fn()
+    return {e.key for e in prof.key_averages() if e.key.startswith("aten::")}
+
+
+@pytest.mark.slow
+def test_symbolic_backward_compiles_with_the_forward() -> None:
+    """backward="symbolic": fused mode's generated gradient inside torch.compile. Before, Dynamo met the
+    range check's data-dependent raise and the lru_cache'd SymPy build inside the autograd.Function and ran
+    the whole Function eagerly (sigmoid, log, pow each run by aten)."""
+    fast = compiled.build(lossdsl.parse(FOCAL), lossdsl.compile(FOCAL, gamma=1.5), backward="symbolic")
+    eager = lossdsl.compile(FOCAL, gamma=1.5)
+    assert fast.compile_options["backward"] == "symbolic" and fast.compile_options["specialized"] == ["gamma"]
+    x = torch.randn(300, dtype=torch.float64, requires_grad=True)
+    y = (torch.rand(300) > 0.5).double()
+    out, ref = fast(x, y), eager(x, y)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(torch.autograd.grad(out, x)[0], torch.autograd.grad(ref, x)[0])
+    ops = _eager_aten_ops(lambda: torch.autograd.grad(fast(x, y), x))
+    assert not ops & {"aten::sigmoid", "aten::log", "aten::pow", "aten::log1p", "aten::mul"}, ops
+    with pytest.raises(lossdsl.InputError, match="'y' is a probability but has values outside"):
+        fast(x, y + 2)
+
+
+@pytest.mark.slow
+def test_symbolic_backward_of_two_inputs_matches_torch() -> None:
+    """binary_cross_entropy, both the probabilities and the targets requiring grad (a soft-label teacher)."""
+    bce = compiled.build(lossdsl.stdlib.get("binary_cross_entropy"), lossdsl.stdlib.binary_cross_entropy(),
+                         backward="symbolic")
+    p = (torch.rand(200, dtype=torch.float64) * 0.98 + 0.01).requires_grad_(True)
+    t = torch.rand(200, dtype=torch.float64, requires_grad=True)
+    out, ref = bce(p, t), F.binary_cross_entropy(p, t)
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(torch.autograd.grad(out, (p, t)), torch.autograd.grad(ref, (p, t)), strict=True):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(lossdsl.InputError, match="'input' is a probability but has values outside"):
+        bce(p.detach() + 1, t)
+
+
+@pytest.mark.slow
+def test_symbolic_backward_checks_indices_and_follows_parameters() -> None:
+    nll = compiled.build(lossdsl.stdlib.get("nll_loss"), lossdsl.stdlib.nll_loss(), backward="symbolic")
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, -100, 1, 2])
+    torch.testing.assert_close(torch.autograd.grad(nll(x, y), x)[0],
+                               torch.autograd.grad(F.nll_loss(x, y), x)[0])
+    with pytest.raises(lossdsl.InputError, match="class index 3 outside"):
+        nll(x, torch.tensor([0, 3, 1, 2]))
+    fast = compiled.build(lossdsl.parse(FOCAL), lossdsl.compile(FOCAL), backward="symbolic")
+    x = torch.randn(100, dtype=torch.float64, requires_grad=True)
+    y = (torch.rand(100) > 0.5).double()
+    for gamma in (2.0, 0.5):
+        fast.gamma.fill_(gamma)
+        out, ref = fast(x, y), lossdsl.compile(FOCAL, gamma=gamma)(x, y)
+        torch.testing.assert_close(out, ref)
+        torch.testing.assert_close(torch.autograd.grad(out, x)[0], torch.autograd.grad(ref, x)[0])
+    assert len(fast.compile_log) == 2
+
+
+def test_prepare_backward_builds_the_gradient_the_call_needs() -> None:
+    """No torch.compile needed: the table the traced backward reads, keyed by what requires grad."""
+    from lossdsl import fused
+
+    module = lossdsl.compile(FOCAL, mode="fused")
+    x, y = torch.randn(5, requires_grad=True), torch.rand(5)
+    fused.prepare_backward(module, (x, y), {})
+    assert [key[1] for key in module._lossdsl_vjp] == [("x",)]
+    fused.prepare_backward(module, (x, y.requires_grad_(True)), {})
+    assert sorted(key[1] for key in module._lossdsl_vjp) == [("x",), ("x", "y")]
+    with torch.no_grad():
+        fused.prepare_backward(module, (x.detach(), y.detach()), {})
+    assert len(module._lossdsl_vjp) == 2
+
+
+def test_unknown_backward_is_refused() -> None:
+    with pytest.raises(ValueError, match="backward must be one of 'autograd', 'symbolic'"):
+        compiled.build(lossdsl.parse(FOCAL), lossdsl.compile(FOCAL), backward="numeric")
