@@ -38,8 +38,8 @@ SIZES = {"small": 1 << 12, "large": 1 << 22}
 def elements(size: str) -> int:
     """A size name of SIZES, or an element count such as 1e8 (the GPU target's size)."""
     return SIZES[size] if size in SIZES else int(float(size))
-MODES = ("eager", "fused", "compiled")
-COMPILED = {"compiled": "autograd", "compiled_sym": "symbolic"}  # --modes names of compiled.build's backwards
+MODES = ("eager", "fused", "compiled", "compiled_sym")
+COMPILED = {"compiled": "autograd", "compiled_sym": "symbolic"}  # compiled.build's backward, by mode name
 RECOMPUTE = "masks"  # compiled.build's recompute policy, set by --recompute (one per process: Dynamo shares
 # compiled code between modules of one class, so two policies in one process would mix)
 SWEEP = ("mse_loss", "sigmoid_focal_loss", "cross_entropy")
@@ -217,7 +217,7 @@ def main() -> None:
     ap.add_argument("--only", help="comma-separated loss names")
     ap.add_argument("--sizes", default="small,large", help="small, large or element counts (1e8)")
     ap.add_argument("--modes", default=",".join(MODES),
-                    help="of eager, fused, compiled, compiled_sym (compiled with the symbolic backward)")
+                    help="compiled_sym: compiled.build(..., backward='symbolic')")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
