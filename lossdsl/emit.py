@@ -474,7 +474,8 @@ class Emitter(MaskLowering):
         if ELLIPSIS in e.indices or not idx:
             return self.reduce_all(op, self.emit(e.body))
         if op == "sum" and e.cond == sp.true:
-            fused = self.try_pick(e.body, idx) or self.try_rank(e.body, e.indices) or self.try_einsum(e.body, idx)
+            fused = (self.try_pick(e.body, idx) or self.try_rank(e.body, e.indices)
+                     or self.try_scatter_sum(e.body, idx) or self.try_einsum(e.body, idx))
             if fused is not None:
                 return fused
         body = self.emit(e.body)

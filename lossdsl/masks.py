@@ -101,6 +101,24 @@ class MaskLowering:
         idx_v, val = self.picked(split[1], split[2])
         return self.expand_to(val, tuple(sorted({*idx_v.labels, *val.labels}, key=self.rank)))
 
+    def try_scatter_sum(self, body: sp.Basic, idx: list[str]) -> V | None:
+        """sum_k(rest * [i == g]) with k an axis of g and i kept → rest scattered-added into zeros along i,
+        reading [.., k] once, not a dense [.., i, k] one-hot contracted by einsum (multilabel margin's
+        gradient: the classes each listed target pushes)."""
+        split = self.split_one_hot(body) if len(idx) == 1 else None
+        if not split or str(split[0]) in idx or idx[0] not in {str(x) for x in free_indices(split[1])}:
+            return None
+        i, k = str(split[0]), idx[0]
+        index, val = self.picked(split[1], split[2])
+        if not val.is_tensor or val.ell or index.ell:
+            return None
+        out = tuple(sorted({*index.labels, *val.labels, i} - {k}, key=self.rank))
+        layout = tuple(k if lab == i else lab for lab in out)
+        laid = [f"{self.align(v, layout)}.expand({self.sizes(layout)})" if v.labels != layout else v.code
+                for v in (index, val)]
+        return self.tmp(f"torch.zeros({self.sizes(out)}, dtype=_dt, device=_dev)"
+                        f".scatter_add_({out.index(i)}, {laid[0]}, {laid[1]})", out)
+
     # ---- ranks: sum_m([v[m] < v[n]] + [m < n and v[m] == v[n]]) counts, for each n, the elements a stable
     # sort puts before it; as written it is an [n, n] comparison (OHEM over 4096 samples: 390 ms, 218 MB)
     def try_rank(self, body: sp.Basic, indices: tuple[sp.Symbol, ...]) -> V | None:

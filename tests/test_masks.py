@@ -43,6 +43,37 @@ def test_one_hot_terms_scatter_and_match_torch(name: str, mode: str) -> None:
     assert "arange" not in source.split("class ")[-1] and "scatter" in source
 
 
+LISTED = torch.tensor([[0, 2, 2], [3, 1, 0], [1, 1, 1]])  # [n, k] class lists over c = 4, with repeats
+
+
+@pytest.mark.parametrize("mode", ["eager", "fused"])
+def test_a_sum_over_a_listed_one_hot_scatters(mode: str) -> None:
+    """sum_k(v[n, k] * [c == t[n, k]]) keeps c: a scatter_add of v along c (repeats add up), checked with
+    its gradients against the dense F.one_hot contraction it replaces."""
+    module = lossdsl.compile("loss a(x[n, c], t[n, k]: index(c), v[n, k]):\n    sum_c(x * sum_k(v * [c == t]))",
+                             reduction="none", mode=mode)
+    x, v = X(), torch.randn(3, 3, dtype=D, requires_grad=True)
+    ref = (x * (F.one_hot(LISTED, 4).to(D) * v[..., None]).sum(1)).sum(1)
+    out = module(x, LISTED, v)
+    assert_close(out, ref)
+    for a, b in zip(grads(out, x, v), grads(ref, x, v), strict=True):
+        assert_close(a, b)
+    assert "scatter_add_(" in module.loss.to_source() and "einsum" not in module.loss.to_source()
+
+
+def test_the_gradient_of_a_listed_gather_scatters() -> None:
+    """d/dx of sum_k(x[n, t[n, k]])^2 reaches x through every listed class: the fused backward scatters
+    2 s[n] along c (multilabel margin's and center loss's gradients), with no [n, c, k] one-hot."""
+    module = lossdsl.compile("loss b(x[n, c], t[n, k]: index(c)):\n    sum_k(x[n, t[n, k]])^2", mode="fused")
+    x = X()
+    ref = (x.gather(1, LISTED).sum(1) ** 2).mean()
+    assert_close(grads(module(x, LISTED), x)[0], grads(ref, x)[0])
+    from lossdsl import fused
+
+    source = fused._backward_class(module, ("x",)).__lossdsl_source__.split("def forward(")[-1]
+    assert "scatter_add_(" in source and "einsum" not in source and "arange" not in source
+
+
 OFF_DIAGONAL = {  # [i != j] masks over one axis: the emitter sets a diagonal instead of comparing densely
     "bracket": ("loss a(x[i, j]):\n    sum_j([i != j] * x^2)",
                 lambda x: ((x**2) * (1 - _eye(x))).sum(1)),
