@@ -18,8 +18,10 @@ DICE = """loss dice(p[n, c, *s]: prob, g[n, c, *s]: binary; eps = 1e-5 > 0):
 CENTER = """loss center(f[n, d], y[n]: index(k); c[k, d]: learnable = 0):
     0.5 * sum_d((f[n, d] - c[y, d])^2)"""
 
+PREFIX = "loss cum(x[n, k], y[n, k]):\n    sum_k(y * sum_{m <= k}(x[n, m])^2 + max_{m >= k}(x[n, m]))"
 
-@pytest.mark.parametrize("text", [CE, DICE, CENTER, "softplus(x) - x*y"])
+
+@pytest.mark.parametrize("text", [CE, DICE, CENTER, "softplus(x) - x*y", PREFIX])
 def test_correct_gradients_pass(text):
     report = lossdsl.verify(text, trials=2)
     assert report.passed and bool(report)
