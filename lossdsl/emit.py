@@ -478,6 +478,9 @@ class Emitter(MaskLowering):
                      or self.try_scatter_sum(e.body, idx) or self.try_einsum(e.body, idx))
             if fused is not None:
                 return fused
+        scan = self.try_scan(e) if e.cond != sp.true else None
+        if scan is not None:
+            return scan
         body = self.emit(e.body)
         pair = self.off_diagonal(e.cond) if op != "mean" else None
         if pair:

@@ -22,6 +22,23 @@ def one_hot(f: sp.Basic) -> tuple[sp.Symbol, sp.Indexed] | None:
     return None
 
 
+# op_{m <= k}(body) as a cumulative op along m, read at k (a prefix), or along the flipped axis (k <= m, a suffix)
+SCAN = {"sum": "torch.cumsum({t}, dim={d})", "prod": "torch.cumprod({t}, dim={d})",
+        "max": "torch.cummax({t}, dim={d}).values", "min": "torch.cummin({t}, dim={d}).values",
+        "logsumexp": "torch.logcumsumexp({t}, dim={d})"}
+
+
+def triangle(cond: sp.Basic, m: sp.Symbol) -> tuple[sp.Symbol, bool] | None:
+    """(k, suffix) when cond is m <= k (a prefix up to k) or k <= m (a suffix from k), k another index."""
+    if not isinstance(cond, (sp.LessThan, sp.GreaterThan)):
+        return None
+    lo, hi = (cond.lhs, cond.rhs) if isinstance(cond, sp.LessThan) else (cond.rhs, cond.lhs)
+    for mine, other, suffix in ((lo, hi, False), (hi, lo, True)):
+        if mine == m and ir.is_index(other) and other not in (m, ELLIPSIS):
+            return other, suffix
+    return None
+
+
 class MaskLowering:
     """The Emitter's mask methods (they call its emit, tmp, combine, where, align and sizes)."""
 
@@ -118,6 +135,24 @@ class MaskLowering:
                 for v in (index, val)]
         return self.tmp(f"torch.zeros({self.sizes(out)}, dtype=_dt, device=_dev)"
                         f".scatter_add_({out.index(i)}, {laid[0]}, {laid[1]})", out)
+
+    # ---- triangles: op_{m <= k}(f[m]) is an [.., k, m] masked reduction as written; a scan reads f once
+    def try_scan(self, e: ir._Reduction) -> V | None:
+        """A prefix (or suffix) reduction over one index as torch's cumulative op along it (valid targets
+        of multilabel margin, `prod_{m <= k}([t[m] != -1])`), never the [.., k, m] masked copy."""
+        hit = triangle(e.cond, e.indices[0]) if e.op in SCAN and len(e.indices) == 1 else None
+        if hit is None or hit[0] in free_indices(e.body):
+            return None
+        m, (k, suffix) = str(e.indices[0]), (str(hit[0]), hit[1])
+        if self.size_var(m) != self.size_var(k):
+            return None
+        body = self.emit(e.body)
+        if not body.is_tensor or body.ell or m not in body.labels:
+            return None
+        d = self.dims(body, [m])
+        t = f"{body.code}.to(_dt)" + (f".flip({d})" if suffix else "")
+        code = SCAN[e.op].format(t=t, d=d) + (f".flip({d})" if suffix else "")
+        return self.tmp(code, tuple(k if lab == m else lab for lab in body.labels))
 
     # ---- ranks: sum_m([v[m] < v[n]] + [m < n and v[m] == v[n]]) counts, for each n, the elements a stable
     # sort puts before it; as written it is an [n, n] comparison (OHEM over 4096 samples: 390 ms, 218 MB)

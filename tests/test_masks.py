@@ -74,6 +74,33 @@ def test_the_gradient_of_a_listed_gather_scatters() -> None:
     assert "scatter_add_(" in source and "einsum" not in source and "arange" not in source
 
 
+def _triangle_ref(x: torch.Tensor, op: str, suffix: bool) -> torch.Tensor:
+    """out[n, k] = op over m <= k (or m >= k) of x[n, m], one masked reduction per k."""
+    cols = []
+    for k in range(x.shape[1]):
+        part = x[:, k:] if suffix else x[:, : k + 1]
+        cols.append({"sum": part.sum(1), "prod": part.prod(1), "max": part.amax(1), "min": part.amin(1),
+                     "logsumexp": torch.logsumexp(part, 1)}[op])
+    return torch.stack(cols, 1)
+
+
+@pytest.mark.parametrize("op", ["sum", "prod", "max", "min", "logsumexp"])
+@pytest.mark.parametrize(("cond", "suffix"), [("m <= k", False), ("m >= k", True)])
+@pytest.mark.parametrize("mode", ["eager", "fused"])
+def test_a_triangular_reduction_is_a_scan(op: str, cond: str, suffix: bool, mode: str) -> None:
+    """op_{m <= k}(x[n, m]) is torch's cumulative op (a flipped one for m >= k), values and gradients equal
+    to a reduction per k; no [n, k, m] mask is built."""
+    module = lossdsl.compile(f"loss a(x[n, k], y[n, k]):\n    sum_k(y * {op}_{{{cond}}}(x[n, m]))",
+                             reduction="none", mode=mode)
+    x, y = torch.randn(3, 5, dtype=D, requires_grad=True), torch.randn(3, 5, dtype=D)
+    ref = (y * _triangle_ref(x, op, suffix)).sum(1)
+    out = module(x, y)
+    assert_close(out, ref)
+    assert_close(grads(out, x)[0], grads(ref, x)[0])
+    body = module.loss.to_source().split("def forward(")[-1]
+    assert "cum" in body and "arange" not in body
+
+
 OFF_DIAGONAL = {  # [i != j] masks over one axis: the emitter sets a diagonal instead of comparing densely
     "bracket": ("loss a(x[i, j]):\n    sum_j([i != j] * x^2)",
                 lambda x: ((x**2) * (1 - _eye(x))).sum(1)),
