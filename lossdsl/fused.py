@@ -409,10 +409,19 @@ def _fused_class(base: type[torch.nn.Module], key: int) -> type[torch.nn.Module]
         return out
 
     return type(f"{base.__name__}Fused", (base,), {
-        "forward": forward, "_lossdsl_eager_forward": _lean_forward(key), "_lossdsl_learnable": learnable,
+        "forward": _own_code(forward, f"forward_{base.__name__}"), "_lossdsl_eager_forward": _lean_forward(key),
+        "_lossdsl_learnable": learnable,
         "_lossdsl_kinds": kinds, "_lossdsl_flag_out": True,
         "_lossdsl_fixed": tuple((p.name, py[p.name]) for p in loss.params if p.type in ("int", "bool")),
         "_lossdsl_key": key, "__doc__": base.__doc__})
+
+
+def _own_code(fn: types.FunctionType, name: str) -> types.FunctionType:
+    """fn with a code object of its own. torch.compile keeps its compiled frames per code object, at most
+    recompile_limit (8) of them: every fused class sharing one `forward` code, the ninth loss compiled in a
+    process ran eagerly (rmse_loss and log_cosh_loss after eight others, with a warning)."""
+    code = fn.__code__.replace(co_name=name)
+    return types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
 
 
 def retarget(module: torch.nn.Module, loss_ir: ir.LossIR) -> None:

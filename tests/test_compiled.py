@@ -396,3 +396,12 @@ def test_prepare_backward_builds_the_gradient_the_call_needs() -> None:
 def test_unknown_backward_is_refused() -> None:
     with pytest.raises(ValueError, match="backward must be one of 'autograd', 'symbolic'"):
         compiled.build(lossdsl.parse(FOCAL), lossdsl.compile(FOCAL), backward="numeric")
+
+
+def test_each_fused_class_has_its_own_forward_code() -> None:
+    """torch.compile caches compiled frames per code object, recompile_limit (8) of them: fused classes
+    sharing one forward code made the ninth loss compiled with backward="symbolic" in a process run eagerly."""
+    a, b = lossdsl.stdlib.mse_loss(mode="fused"), lossdsl.stdlib.l1_loss(mode="fused")
+    assert type(a).forward.__code__ is not type(b).forward.__code__
+    x, y = torch.randn(4, requires_grad=True), torch.randn(4)
+    torch.testing.assert_close(a(x, y), F.mse_loss(x, y))
