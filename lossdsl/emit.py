@@ -473,14 +473,14 @@ class Emitter(MaskLowering):
             return V(IDENTITY[op], kind="num")
         if ELLIPSIS in e.indices or not idx:
             return self.reduce_all(op, self.emit(e.body))
+        scan = self.try_scan(e)
+        if scan is not None:
+            return scan
         if op == "sum" and e.cond == sp.true:
             fused = (self.try_pick(e.body, idx) or self.try_rank(e.body, e.indices)
                      or self.try_scatter_sum(e.body, idx) or self.try_einsum(e.body, idx))
             if fused is not None:
                 return fused
-        scan = self.try_scan(e) if e.cond != sp.true else None
-        if scan is not None:
-            return scan
         body = self.emit(e.body)
         pair = self.off_diagonal(e.cond) if op != "mean" else None
         if pair:

@@ -139,20 +139,31 @@ class MaskLowering:
     # ---- triangles: op_{m <= k}(f[m]) is an [.., k, m] masked reduction as written; a scan reads f once
     def try_scan(self, e: ir._Reduction) -> V | None:
         """A prefix (or suffix) reduction over one index as torch's cumulative op along it (valid targets
-        of multilabel margin, `prod_{m <= k}([t[m] != -1])`), never the [.., k, m] masked copy."""
-        hit = triangle(e.cond, e.indices[0]) if e.op in SCAN and len(e.indices) == 1 else None
-        if hit is None or hit[0] in free_indices(e.body):
+        of multilabel margin, `prod_{m <= k}([t[m] != -1])`), never the [.., k, m] masked copy. A sum may
+        carry the triangle as a factor instead, `sum_m([k <= m] * f[m])`: the symbolic gradient of a prefix
+        sum is that suffix sum."""
+        if len(e.indices) != 1 or e.op not in SCAN:
             return None
-        m, (k, suffix) = str(e.indices[0]), (str(hit[0]), hit[1])
+        m, cond, body = e.indices[0], e.cond, e.body
+        if cond == sp.true and e.op == "sum":
+            factors = sp.Mul.make_args(body)
+            masks = [f for f in factors if (c := _indicator(f)) is not None and triangle(c, m)]
+            if len(masks) != 1:
+                return None
+            cond, body = _indicator(masks[0]), sp.Mul(*(f for f in factors if f is not masks[0]))
+        hit = triangle(cond, m)
+        if hit is None or hit[0] in free_indices(body):
+            return None
+        m, (k, suffix) = str(m), (str(hit[0]), hit[1])
         if self.size_var(m) != self.size_var(k):
             return None
-        body = self.emit(e.body)
-        if not body.is_tensor or body.ell or m not in body.labels:
+        v = self.emit(body)
+        if not v.is_tensor or v.ell or m not in v.labels:
             return None
-        d = self.dims(body, [m])
-        t = f"{body.code}.to(_dt)" + (f".flip({d})" if suffix else "")
+        d = self.dims(v, [m])
+        t = f"{v.code}.to(_dt)" + (f".flip({d})" if suffix else "")
         code = SCAN[e.op].format(t=t, d=d) + (f".flip({d})" if suffix else "")
-        return self.tmp(code, tuple(k if lab == m else lab for lab in body.labels))
+        return self.tmp(code, tuple(k if lab == m else lab for lab in v.labels))
 
     # ---- ranks: sum_m([v[m] < v[n]] + [m < n and v[m] == v[n]]) counts, for each n, the elements a stable
     # sort puts before it; as written it is an [n, n] comparison (OHEM over 4096 samples: 390 ms, 218 MB)

@@ -99,6 +99,11 @@ def test_a_triangular_reduction_is_a_scan(op: str, cond: str, suffix: bool, mode
     assert_close(grads(out, x)[0], grads(ref, x)[0])
     body = module.loss.to_source().split("def forward(")[-1]
     assert "cum" in body and "arange" not in body
+    if mode == "fused" and op == "sum":  # the gradient, sum_k([m <= k] y[n, k]), is the opposite scan
+        from lossdsl import fused
+
+        grad = fused._backward_class(module, ("x",)).__lossdsl_source__.split("def forward(")[-1]
+        assert "torch.cumsum" in grad and "arange" not in grad and "einsum" not in grad
 
 
 OFF_DIAGONAL = {  # [i != j] masks over one axis: the emitter sets a diagonal instead of comparing densely
