@@ -216,14 +216,16 @@ class Deriver:
         dummies = {a: sp.Dummy(f"a{k}", real=True) for k, a in enumerate(tensor_atoms(e))}
         flat = e.xreplace(dummies).replace(sp.Abs, RealAbs)
         back = {d: a for a, d in dummies.items()}
+        outer = free_indices(e)
         for a in atoms:
             d = dummies[a]
             part = _clean(sp.diff(flat, d)).replace(RealAbs, sp.Abs).xreplace(back)
             if part == 0:
                 continue
-            # summed: every index the atom lacks, the adjoint's too (k of sum_{m <= k}(x[m]) is in its mask)
+            # summed: every index the atom lacks, of e (broadcast) and of the adjoint (k of sum_{m <= k}(x[m])
+            # is in the reduction's mask only)
             own = set(free_indices(a))
-            extra = [i for i in free_indices(adj * part) if i not in own and i != ELLIPSIS]
+            extra = [i for i in dict.fromkeys([*outer, *free_indices(adj * part)]) if i not in own and i != ELLIPSIS]
             self.add(a, _sum(adj * part, extra))
 
     def add(self, atom: sp.Basic, contribution: sp.Expr) -> None:

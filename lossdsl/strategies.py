@@ -139,7 +139,9 @@ BINARY = ("({}) + ({})", "({}) - ({})", "({}) * ({})", "({}) / (1 + ({})^2)", "m
 REDUCE = ("sum_c({})", "mean_c({})", "max_c({})", "min_c({})", "logsumexp_c({})", "norm_c(1 + ({})^2)",
           "prod_c(1 + 0.5*tanh({}))", "sum_{{c != y}}({})", "max({})")
 NORMALISE = ("softmax_c({})", "log_softmax_c({})", "normalize_c(1 + ({})^2)")
-LEAVES = {"nc": ("x", "z", "x[n, c]", "z^1.5", "log(z)", "0.5*x"), "n": ("w", "x[n, y]", "z[n, 0]", "w^2")}
+LEAVES = {"nc": ("x", "z", "x[n, c]", "z^1.5", "log(z)", "0.5*x", "sum_{m <= c}(x[n, m])", "max_{m >= c}(z[n, m])",
+                 "logsumexp_{m <= c}(x[n, m])"),
+          "n": ("w", "x[n, y]", "z[n, 0]", "w^2")}
 
 
 @st.composite

@@ -117,6 +117,9 @@ def test_cross_entropy_with_class_weights_and_ignored_labels():
 @example("loss random(x[n, c], z[n, c]: positive, w[n], y[n]: index(c)):\n    max_c((sin(x)) - ((x[n, y]) + (w)))")
 @example("loss random(x[n, c], z[n, c]: positive, w[n], y[n]: index(c)):\n"
          "    normalize_c(1 + (([w^2 > 0] * (z[n, 0]) if z^1.5 < 0.5 else -z^1.5))^2)")
+@example("loss random(x[n, c], z[n, c]: positive, w[n], y[n]: index(c)):\n"
+         "    sum_c(tanh(sum_{m <= c}(x[n, m])) * max_{m >= c}(z[n, m]))")
+@example("loss random(x[n, c], z[n, c]: positive, w[n], y[n]: index(c)):\n    sum_c((w) + (x))")
 def test_random_formulas_match_autograd(text):
     assert_matches_autograd(lossdsl.parse(text))
 
