@@ -346,7 +346,14 @@ def _backward_class(module: torch.nn.Module, want: tuple[str, ...]) -> type[torc
     fixed = tuple((name, getattr(module, py)) for name, py in module._lossdsl_fixed)
     key = (module._lossdsl_key, want, module.reduction, fixed)
     cls = getattr(module, "_lossdsl_vjp", {}).get(key)
-    return cls if cls is not None else _vjp_class(*key)
+    return cls if cls is not None else _built_backward(key)
+
+
+@torch.compiler.disable
+def _built_backward(key: tuple) -> type[torch.nn.Module]:
+    """_vjp_class where no prepare_backward ran (torch.compile of a fused module by hand): never traced, so
+    Dynamo runs that Function eagerly instead of tracing into SymPy."""
+    return _vjp_class(*key)
 
 
 def _wanted(module: torch.nn.Module, values: list) -> tuple[str, ...]:
