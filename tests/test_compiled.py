@@ -80,20 +80,23 @@ def test_unknown_recompute_policy_is_refused() -> None:
         compiled.build(loss, loss.compile(), recompute="some")
 
 
-def test_recompute_masks_tags_bools_and_elementwise_integers_only() -> None:
-    """Masks and clamped indices are recomputed in the backward; floats and a sort's order are not."""
+def test_recompute_masks_tags_bools_elementwise_integers_and_fills_only() -> None:
+    """Masks, clamped indices and tensors made from no input (a zeros to scatter into: multilabel margin's
+    forward kept one for its backward, 16 MB) are recomputed in the backward; floats and a sort's order
+    are not."""
     from torch.fx.experimental.proxy_tensor import make_fx
     from torch.utils.checkpoint import CheckpointPolicy
 
     def huber_at(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         e = x.gather(1, y.clamp(0, 3)).abs()
         rank = torch.argsort(e, dim=0)
-        return (torch.where(e < 1, 0.5 * e * e, e - 0.5) * rank).sum()
+        spread = torch.zeros(8, 4).scatter_add(1, y.clamp(0, 3), e)
+        return (torch.where(e < 1, 0.5 * e * e, e - 0.5) * rank).sum() + spread.sum()
 
     gm = make_fx(huber_at)(torch.randn(8, 4), torch.randint(-1, 4, (8, 2)))
     compiled.RecomputeMasks()(gm.graph)
     tagged = {str(n.target) for n in gm.graph.nodes if n.meta.get("recompute") == CheckpointPolicy.MUST_RECOMPUTE}
-    assert tagged == {"aten.clamp.default", "aten.lt.Scalar"}
+    assert tagged == {"aten.clamp.default", "aten.lt.Scalar", "aten.zeros.default"}
     assert compiled.RecomputeMasks().uuid() == compiled.RecomputeMasks().uuid()
 
 
