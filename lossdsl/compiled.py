@@ -35,7 +35,7 @@ import torch._inductor.config
 from torch._inductor.custom_graph_pass import CustomGraphPass
 from torch.utils.checkpoint import CheckpointPolicy
 
-from . import ir
+from . import fused, ir
 
 BACKWARDS = ("autograd", "symbolic")
 
@@ -62,7 +62,6 @@ def build(loss, module: torch.nn.Module, *, dynamic: bool | None = None, backwar
     if _differentiates_inside(loss):
         return _uncompiled(loss, module)
     eager_class = type(module)
-    fused = importlib.import_module(f"{__package__}.fused")
     base = fused.build(loss, module) if backward == "symbolic" else module
     symbolic = type(base) is not eager_class
     spec = Specializer(loss, base, symbolic) if specialize else None
@@ -163,7 +162,7 @@ class Specializer:
     def install(self, loss_ir: ir.LossIR) -> None:
         """The specialised forward (and, for a fused module, its symbolic backward too)."""
         if self.fused:
-            importlib.import_module(f"{__package__}.fused").retarget(self.module, loss_ir)
+            fused.retarget(self.module, loss_ir)
             return
         from .api import _build_class
         from .codegen import generate

@@ -343,10 +343,15 @@ class _Fused(torch.autograd.Function):
 def _backward_class(module: torch.nn.Module, want: tuple[str, ...]) -> type[torch.nn.Module]:
     """The generated backward for `want`, from the module's own table when `prepare_backward` filled it:
     Dynamo traces a dict lookup, but not the lru_cache'd SymPy work of building one."""
-    fixed = tuple((name, getattr(module, py)) for name, py in module._lossdsl_fixed)
-    key = (module._lossdsl_key, want, module.reduction, fixed)
+    key = _backward_key(module, want)
     cls = getattr(module, "_lossdsl_vjp", {}).get(key)
     return cls if cls is not None else _built_backward(key)
+
+
+def _backward_key(module: torch.nn.Module, want: tuple[str, ...]) -> tuple:
+    """_vjp_class's arguments: the loss, the gradients wanted, the reduction and the int/bool parameters."""
+    fixed = tuple((name, getattr(module, py)) for name, py in module._lossdsl_fixed)
+    return module._lossdsl_key, want, module.reduction, fixed
 
 
 @torch.compiler.disable
@@ -372,8 +377,7 @@ def prepare_backward(module: torch.nn.Module, args: tuple, kwargs: dict) -> None
     inputs = [*args, *(kwargs.get(nm) for nm in module.input_names[len(args):])]
     want = _wanted(module, [*inputs, *(getattr(module, nm) for nm in module._lossdsl_learnable)])
     if want:
-        fixed = tuple((name, getattr(module, py)) for name, py in module._lossdsl_fixed)
-        key = (module._lossdsl_key, want, module.reduction, fixed)
+        key = _backward_key(module, want)
         table = module.__dict__.setdefault("_lossdsl_vjp", {})
         if key not in table:
             table[key] = _vjp_class(*key)
