@@ -110,10 +110,12 @@ class Loss:
         return report(self, **options)
 
     def compile(self, *, reduction: str | None = None, validate: bool = True, mode: str = "eager",
-                **params) -> torch.nn.Module:
+                backward: str | None = None, **params) -> torch.nn.Module:
         """Build the nn.Module with the given parameter values (and sizes of axes no input fixes).
 
-        mode: "eager" (the generated module), "fused" or "compiled" (see `build_mode`)."""
+        mode: "eager" (the generated module), "fused" or "compiled" (see `build_mode`). backward, for
+        mode="compiled" only: "autograd" (default) or "symbolic" (lossdsl.compiled.build says which is
+        faster where); the other modes have one backward each, so naming one there is an error."""
         known = {p.name: p for p in self.parameters}
         sizes = self.axis_keywords()
         for key in params:
@@ -128,21 +130,36 @@ class Loss:
                 check_param_value(p, params[p.name])
         if reduction not in (None, "mean", "sum", "none", "batchmean"):
             raise ParameterError(f"reduction must be 'mean', 'sum', 'none' or 'batchmean', got {reduction!r}")
-        if mode not in MODES:
-            raise ParameterError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
+        _check_mode(mode, backward)
         py = self._py_names  # a parameter `lambda` is the keyword `lambda_` of the generated class
         module = self.module_class()(**{py[k]: v for k, v in params.items()}, reduction=reduction, validate=validate)
-        return build_mode(mode, self, module)
+        return build_mode(mode, self, module, backward)
 
 
 MODES = ("eager", "fused", "compiled")
+BACKWARDS = ("autograd", "symbolic")  # compiled mode's two backwards (lossdsl.compiled.build)
 
 
-def build_mode(mode: str, loss: Loss, module: torch.nn.Module) -> torch.nn.Module:
+def _check_mode(mode: str, backward: str | None) -> None:
+    """A bad mode or backward is the caller's typo: say what is accepted here, before anything is built."""
+    if mode not in MODES:
+        raise ParameterError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
+    if backward is None:
+        return
+    if mode != "compiled":
+        own = "autograd's" if mode == "eager" else "the symbolic gradient"
+        raise ParameterError(f"backward= applies to mode='compiled'; mode={mode!r} always uses {own}")
+    if backward not in BACKWARDS:
+        raise ParameterError(f"backward must be one of {', '.join(map(repr, BACKWARDS))}, got {backward!r}"
+                             + did_you_mean(backward, BACKWARDS))
+
+
+def build_mode(mode: str, loss: Loss, module: torch.nn.Module, backward: str | None = None) -> torch.nn.Module:
     """The single mode dispatch: lossdsl/<mode>.py's `build(loss, eager_module)` wraps the eager module."""
     if mode == "eager":
         return module
-    return importlib.import_module(f".{mode}", __package__).build(loss, module)
+    options = {"backward": backward} if backward is not None else {}
+    return importlib.import_module(f".{mode}", __package__).build(loss, module, **options)
 
 
 def _check_type(p: ir.Param, value) -> None:
@@ -283,8 +300,10 @@ def load(path_or_text: str | Path) -> dict[str, Loss]:
 
 
 def compile(text: str, *, reduction: str | None = None, inputs: Sequence[str] | None = None,
-            validate: bool = True, mode: str = "eager", **params) -> torch.nn.Module:
-    """Compile a formula or a `.loss` text (its last loss) into an nn.Module with the given parameters."""
+            validate: bool = True, mode: str = "eager", backward: str | None = None,
+            **params) -> torch.nn.Module:
+    """Compile a formula or a `.loss` text (its last loss) into an nn.Module with the given parameters
+    (mode and backward as in Loss.compile)."""
     defs = _defs(text)
     if not defs:
         raise LossError("the text defines no loss")
@@ -294,7 +313,7 @@ def compile(text: str, *, reduction: str | None = None, inputs: Sequence[str] | 
     elif inputs is not None:
         raise ParameterError("inputs= applies to one-line formulas; a loss file declares its inputs")
     loss = _lower(d, defs)
-    module = loss.compile(reduction=reduction, validate=validate, mode=mode, **params)
+    module = loss.compile(reduction=reduction, validate=validate, mode=mode, backward=backward, **params)
     module.loss = loss
     return module
 

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from . import api, ir
+from . import api, ir, quickbench
 from .errors import LossError, UnknownNameError, did_you_mean
 from .latex_in import from_latex
 from .latex_out import definition_text
@@ -215,10 +215,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from . import quickbench as bench
-
     loss = target_of(args)
-    print(bench.run(loss, size=args.size, repeat=args.repeat, variants=args.variants.split(","),
+    print(quickbench.run(loss, size=args.size, repeat=args.repeat, variants=args.variants.split(","),
                     params=parse_params(args.param), report=progress))
     return 0
 
@@ -279,8 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     _params(plot)
     ps["bench"].add_argument("--size", type=int, default=4096, help="batch size (default 4096)")
     ps["bench"].add_argument("--repeat", type=int, default=20, help="timed runs (default 20)")
-    ps["bench"].add_argument("--variants", default="eager,compiled,torch",
-                             help="comma-separated: eager, compiled, torch (default all)")
+    ps["bench"].add_argument("--variants", default=",".join(quickbench.DEFAULT_VARIANTS),
+                             help=f"comma-separated, of {', '.join(quickbench.VARIANTS)} (compiled_sym: compiled "
+                                  "with the symbolic backward; default %(default)s)")
     _params(ps["bench"])
     return parser
 

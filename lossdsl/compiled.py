@@ -36,8 +36,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 from torch.utils.checkpoint import CheckpointPolicy
 
 from . import fused, ir
-
-BACKWARDS = ("autograd", "symbolic")
+from .api import BACKWARDS
 
 
 def build(loss, module: torch.nn.Module, *, dynamic: bool | None = None, backward: str = "autograd",

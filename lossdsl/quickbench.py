@@ -1,4 +1,4 @@
-"""`lossdsl bench NAME`: one loss, forward + backward, as lossdsl eager, lossdsl compiled and torch's built-in.
+"""`lossdsl bench NAME`: one loss, forward + backward, as lossdsl's modes and torch's built-in.
 
 A quick comparison for a user choosing a mode, not the project's benchmark suite: inputs are drawn by kind
 at one size, time is the median of `repeat` runs after warm-up, and memory is what autograd saves for the
@@ -20,7 +20,11 @@ from .api import Loss
 from .errors import KindError, ParameterError
 
 DIFFERENTIABLE = ("real", "logits", "prob", "positive")
-VARIANTS = ("eager", "compiled", "torch")
+# variant -> Loss.compile keywords; "torch" is torch.nn.functional's function of the same name
+MODES = {"eager": {}, "fused": {"mode": "fused"}, "compiled": {"mode": "compiled"},
+         "compiled_sym": {"mode": "compiled", "backward": "symbolic"}}
+VARIANTS = (*MODES, "torch")
+DEFAULT_VARIANTS = ("eager", "compiled", "torch")
 OTHER = 16  # the size of every axis but the batch
 
 
@@ -77,18 +81,14 @@ def timed(call: Callable[[], torch.Tensor], repeat: int) -> float:
 
 
 def variant(loss: Loss, which: str, params: dict, sizes: dict) -> Callable | None:
-    if which == "eager":
-        return loss.compile(**params, **sizes)
-    if which == "compiled":
-        return loss.compile(mode="compiled", **params, **sizes)
     if which == "torch":
         return getattr(F, loss.name, None)
-    raise AssertionError(which)  # run() checked the names
+    return loss.compile(**MODES[which], **params, **sizes)
 
 
 def run(loss: Loss, *, size: int = 4096, repeat: int = 20, variants: list[str] | None = None,
         params: dict | None = None, report: Callable[[str], None] = print) -> str:
-    variants = variants or list(VARIANTS)
+    variants = variants or list(DEFAULT_VARIANTS)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ParameterError(f"unknown variant '{unknown[0]}'; use {', '.join(VARIANTS)}")
@@ -101,7 +101,7 @@ def run(loss: Loss, *, size: int = 4096, repeat: int = 20, variants: list[str] |
     shapes = ", ".join(f"{i.name}{list(t.shape)}" for i, t in zip(loss.inputs, args, strict=True)
                        if isinstance(t, torch.Tensor))
     rows = [f"bench {loss.name}: {shapes}; forward + backward, median of {repeat} runs (CPU threads: "
-            f"{torch.get_num_threads()})", f"  {'variant':<10} {'ms':>10} {'saved for backward':>20}  note"]
+            f"{torch.get_num_threads()})", f"  {'variant':<12} {'ms':>8} {'saved for backward':>20}  note"]
     for k, which in enumerate(variants, 1):
         report(f"[{k}/{len(variants)}] {which}")
         rows.append(_row(loss, which, args, params or {}, sizes, repeat, report))
@@ -112,18 +112,19 @@ def _row(loss: Loss, which: str, args: list, params: dict, sizes: dict, repeat: 
     try:
         fn = variant(loss, which, params, sizes)
         if fn is None:
-            return f"  {which:<10} {'n/a':>10} {'':>20}  torch.nn.functional has no {loss.name}"
+            return f"  {which:<12} {'n/a':>8} {'':>20}  torch.nn.functional has no {loss.name}"
         with warnings.catch_warnings():  # torch.compile's tracing notes are not the user's concern here
             warnings.simplefilter("ignore")
             start = time.perf_counter()
             fn(*args).backward()  # warm-up; compiles in compiled mode
             first = time.perf_counter() - start
             fn(*args).backward()
-        if which == "compiled":
+        compiles = which.startswith("compiled")
+        if compiles:
             report(f"    compiled in {first:.1f} s")
         ms = timed(lambda: fn(*args), repeat)
         mem = saved_bytes(lambda: fn(*args)) / 1024
-        note = f"first call {first:.1f} s" if which == "compiled" else ""
-        return f"  {which:<10} {ms:10.3f} {mem:17.1f} KiB  {note}"
+        note = f"first call {first:.1f} s" if compiles else ""
+        return f"  {which:<12} {ms:8.3f} {mem:17.1f} KiB  {note}"
     except Exception as err:  # a variant that cannot run is reported, not fatal: the others still compare
-        return f"  {which:<10} {'failed':>10} {'':>20}  {type(err).__name__}: {str(err).splitlines()[0][:80]}"
+        return f"  {which:<12} {'failed':>8} {'':>20}  {type(err).__name__}: {str(err).splitlines()[0][:80]}"

@@ -105,11 +105,12 @@ def test_list_prints_every_stdlib_loss(tmp_path):
 
 
 def test_bench_times_eager_and_torch_builtin(tmp_path):
-    done = run("bench", "mse_loss", "--size", "256", "--repeat", "3", "--variants", "eager,torch", cwd=tmp_path)
+    done = run("bench", "mse_loss", "--size", "256", "--repeat", "3", "--variants", "eager,fused,torch",
+               cwd=tmp_path)
     rows = {line.split()[0]: line.split() for line in done.stdout.splitlines()[2:]}
-    assert set(rows) == {"eager", "torch"}
+    assert set(rows) == {"eager", "fused", "torch"}
     assert all(float(r[1]) > 0 and r[3] == "KiB" for r in rows.values()), done.stdout
-    assert "[2/2] torch" in done.stderr
+    assert "[3/3] torch" in done.stderr
 
 
 @pytest.mark.slow

@@ -334,7 +334,7 @@ def test_symbolic_backward_compiles_with_the_forward() -> None:
     """backward="symbolic": fused mode's generated gradient inside torch.compile. Before, Dynamo met the
     range check's data-dependent raise and the lru_cache'd SymPy build inside the autograd.Function and ran
     the whole Function eagerly (sigmoid, log, pow each run by aten)."""
-    fast = compiled.build(lossdsl.parse(FOCAL), lossdsl.compile(FOCAL, gamma=1.5), backward="symbolic")
+    fast = lossdsl.compile(FOCAL, gamma=1.5, mode="compiled", backward="symbolic")
     eager = lossdsl.compile(FOCAL, gamma=1.5)
     assert fast.compile_options["backward"] == "symbolic" and fast.compile_options["specialized"] == ["gamma"]
     x = torch.randn(300, dtype=torch.float64, requires_grad=True)
@@ -392,6 +392,22 @@ def test_prepare_backward_builds_the_gradient_the_call_needs() -> None:
 def test_unknown_backward_is_refused() -> None:
     with pytest.raises(ValueError, match="backward must be one of 'autograd', 'symbolic'"):
         compiled.build(lossdsl.parse(FOCAL), lossdsl.compile(FOCAL), backward="numeric")
+    with pytest.raises(lossdsl.ParameterError, match=r"got 'symbolc'.*did you mean 'symbolic'"):
+        lossdsl.compile(FOCAL, mode="compiled", backward="symbolc")
+
+
+@pytest.mark.parametrize("mode", ["eager", "fused"])
+def test_backward_is_compiled_modes_choice_only(mode: str) -> None:
+    with pytest.raises(lossdsl.ParameterError, match=f"backward= applies to mode='compiled'; mode='{mode}'"):
+        lossdsl.stdlib.focal_loss(mode=mode, backward="autograd")
+
+
+@pytest.mark.parametrize("backward", [None, *compiled.BACKWARDS])
+def test_backward_keyword_reaches_compiled_mode(backward: str | None) -> None:
+    """Building is lazy (torch.compile runs on the first call), so this needs no compile."""
+    fast = lossdsl.stdlib.focal_loss(mode="compiled", backward=backward)
+    assert fast.compile_options["backward"] == (backward or "autograd")
+    assert getattr(fast, "_lossdsl_flag_out", False) == (backward == "symbolic")  # the fused class
 
 
 def test_each_fused_class_has_its_own_forward_code() -> None:
