@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +21,28 @@ class Timing:
     median: float  # seconds per forward + backward
     spread: float  # (p75 - p25) / median: the noise of this measurement
     first: float  # the first call (compilation, for compiled mode)
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def retain_freed_memory() -> str:
+    """Keeps freed heap memory in the process (glibc): the setting every variant is timed under.
+
+    glibc hands a freed block of more than its trim threshold back to the OS, and the next call page-faults
+    its pages in again: 4M float32 gradients, ~1000 faults a step. Whether that happens depends on the
+    process's history, not on the code timed: after torch.compile has run, torch's own F.nll_loss goes from
+    0.33 to 1.2 ms a step here, and a row's ratio followed the order the variants first ran in. Fixing the
+    thresholds (allocations up to 32 MB from the heap, no trimming) is what jemalloc or tcmalloc, which
+    PyTorch's CPU tuning guide recommends, do by default. Returns what was set, for the header."""
+    if ctypes.util.find_library("c") is None:
+        return "system allocator (not glibc)"
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    if not hasattr(libc, "mallopt"):
+        return "system allocator (no mallopt)"
+    ok = libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+    return "glibc: freed memory retained (mmap threshold 32 MB, no trim)" if ok else "system allocator"
 
 
 def tensors(inputs: Sequence) -> list[torch.Tensor]:

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from cases import CASES, Case
-from measure import SLOW, min_traffic, peak_bandwidth, peak_bytes, step, time_steps
+from measure import SLOW, min_traffic, peak_bandwidth, peak_bytes, retain_freed_memory, step, time_steps
 
 import lossdsl
 from lossdsl import compiled
@@ -225,6 +225,8 @@ def main() -> None:
     ap.add_argument("--skip-startup", action="store_true")
     ap.add_argument("--keep-inductor-cache", action="store_true",
                     help="measure compiled cold/warm with torch's own Inductor cache dir instead of a fresh one")
+    ap.add_argument("--system-malloc", action="store_true",
+                    help="leave glibc's trim thresholds as they are (see measure.retain_freed_memory)")
     ap.add_argument("--recompute", default="masks", choices=tuple(compiled.POLICIES),
                     help="what compiled mode's backward recomputes instead of saving (lossdsl.compiled.POLICIES)")
     args = ap.parse_args()
@@ -237,8 +239,9 @@ def main() -> None:
     modes = tuple(args.modes.split(","))
     losses = stdlib_losses()
     wanted = args.only.split(",") if args.only else list(CASES)
+    malloc = "system allocator (--system-malloc)" if args.system_malloc else retain_freed_memory()
     print(f"device={device} dtype={dtype} threads={torch.get_num_threads()} torch={torch.__version__} "
-          f"load={os.getloadavg()[0]:.2f}")
+          f"load={os.getloadavg()[0]:.2f} malloc: {malloc}")
     if device.type == "cuda":
         peak = peak_bandwidth(device)
         print(f"GPU {torch.cuda.get_device_name(device)}, peak bandwidth "
