@@ -114,8 +114,9 @@ class Loss:
         """Build the nn.Module with the given parameter values (and sizes of axes no input fixes).
 
         mode: "eager" (the generated module), "fused" or "compiled" (see `build_mode`). backward, for
-        mode="compiled" only: "autograd" (default) or "symbolic" (lossdsl.compiled.build says which is
-        faster where); the other modes have one backward each, so naming one there is an error."""
+        mode="compiled" only: "autograd" (default), "symbolic", or "auto" (both compiled, the faster on the
+        first call's inputs kept: lossdsl.autobackward); the other modes have one backward each, so naming
+        one there is an error."""
         known = {p.name: p for p in self.parameters}
         sizes = self.axis_keywords()
         for key in params:
@@ -137,7 +138,7 @@ class Loss:
 
 
 MODES = ("eager", "fused", "compiled")
-BACKWARDS = ("autograd", "symbolic")  # compiled mode's two backwards (lossdsl.compiled.build)
+BACKWARDS = ("autograd", "symbolic", "auto")  # compiled mode's backwards (lossdsl.compiled.build)
 
 
 def _check_mode(mode: str, backward: str | None) -> None:

@@ -49,7 +49,8 @@ def build(loss, module: torch.nn.Module, *, dynamic: bool | None = None, backwar
     thread, 70 benchmark cases, symbolic/autograd step time has geometric mean 1.02; symbolic is >10%
     faster on 23 (nll_loss 0.13x, focal_loss 0.62x, multilabel_margin 0.82x) and >10% slower on 28
     (similarity-matrix losses recompute their GEMMs, clip 1.7x; margin_ranking 2.4x). A loss without a
-    symbolic gradient (fn calls) keeps the autograd backward.
+    symbolic gradient (fn calls) keeps the autograd backward. "auto" compiles both and keeps, per input
+    signature, the one whose forward + backward is faster on the first call's inputs (lossdsl.autobackward).
 
     recompute picks what the backward recomputes instead of saving (see POLICIES): "masks" (default),
     "all" or "none". specialize compiles a forward with the scalar parameters' values written in (see
@@ -60,6 +61,11 @@ def build(loss, module: torch.nn.Module, *, dynamic: bool | None = None, backwar
         raise ValueError(f"backward must be one of {', '.join(map(repr, BACKWARDS))}, got {backward!r}")
     if _differentiates_inside(loss):
         return _uncompiled(loss, module)
+    if backward == "auto":
+        from . import autobackward
+
+        return autobackward.build(loss, module, lambda m, how: build(loss, m, dynamic=dynamic, backward=how,
+                                                                      recompute=recompute, specialize=specialize))
     eager_class = type(module)
     base = fused.build(loss, module) if backward == "symbolic" else module
     symbolic = type(base) is not eager_class

@@ -297,7 +297,7 @@ def test_compiled_follows_a_changed_parameter(backward: str) -> None:
         out, ref = fast(x, y), lossdsl.compile(FOCAL, gamma=gamma)(x, y)
         torch.testing.assert_close(out, ref)
         torch.testing.assert_close(torch.autograd.grad(out, x)[0], torch.autograd.grad(ref, x)[0])
-    assert len(fast.compile_log) == 2
+    assert len(fast.compile_log) == (3 if backward == "auto" else 2)  # auto: both at 2.0, the one kept at 0.5
 
 
 def test_a_loss_that_takes_a_gradient_runs_eagerly_in_compiled_mode() -> None:

@@ -1,0 +1,86 @@
+"""backward="auto": the faster backward per signature, timed on detached inputs, with shared parameters."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+import lossdsl
+from lossdsl import autobackward
+
+
+def _square(x: torch.Tensor) -> torch.Tensor:
+    return (x * x).sum()
+
+
+def _slow_square(x: torch.Tensor) -> torch.Tensor:
+    time.sleep(0.004)
+    return (x * x).sum()
+
+
+def test_pick_takes_the_faster_variant_without_touching_the_callers_graph() -> None:
+    w = torch.randn(8, requires_grad=True)
+    x = w * 2  # the network before the loss: timing must not backpropagate into w
+    choice, medians = autobackward.pick({"slow": _slow_square, "fast": _square}, (x,), {}, [])
+    assert choice == "fast" and medians["slow"] > 0.004 > medians["fast"]
+    assert w.grad is None
+    _square(x).backward()  # the caller's graph is still whole
+    torch.testing.assert_close(w.grad, 8 * w.detach())
+
+
+def test_pick_order_does_not_decide() -> None:
+    assert autobackward.pick({"fast": _square, "slow": _slow_square}, (torch.randn(8, requires_grad=True),), {},
+                             [])[0] == "fast"
+
+
+def test_without_a_gradient_nothing_is_timed() -> None:
+    calls = []
+
+    def counted(x):
+        calls.append(x)
+        return x.sum()
+
+    x = torch.randn(4)
+    assert autobackward.pick({"autograd": counted, "symbolic": counted}, (x,), {}, []) == ("autograd", {})
+    with torch.no_grad():
+        assert autobackward.pick({"autograd": counted, "symbolic": counted}, (x.requires_grad_(),), {},
+                                 [])[0] == "autograd"
+    assert not calls
+
+
+def test_the_twin_shares_parameters_and_buffers() -> None:
+    """An optimizer over module.parameters() and load_state_dict must reach the symbolic variant too."""
+    fast = lossdsl.stdlib.uncertainty_weighting(t=3, mode="compiled", backward="auto")
+    twin = fast._lossdsl_twin
+    assert fast.compile_options["backward"] == "auto" and twin.compile_options["backward"] == "symbolic"
+    assert twin.log_var is fast.log_var and type(twin) is not type(fast)
+    state = {"log_var": torch.tensor([0.5, -1.0, 2.0])}
+    fast.load_state_dict(state)
+    torch.testing.assert_close(twin.log_var.detach(), state["log_var"])
+
+
+def test_a_loss_without_a_symbolic_gradient_compiles_autograd_only() -> None:
+    loss = lossdsl.parse("loss f(g: fn, x[n]):\n    g(x)^2")
+    fast = loss.compile(mode="compiled", backward="auto")
+    assert fast.compile_options["backward"] == "autograd" and not hasattr(fast, "_lossdsl_twin")
+
+
+@pytest.mark.slow
+def test_auto_matches_eager_and_picks_once_per_signature(monkeypatch: pytest.MonkeyPatch) -> None:
+    picks = []
+    real_pick = autobackward.pick
+    monkeypatch.setattr(autobackward, "pick", lambda *a: picks.append(1) or real_pick(*a))
+    fast = lossdsl.stdlib.focal_loss(mode="compiled", backward="auto")
+    eager = lossdsl.stdlib.focal_loss()
+    x = torch.randn(64, 5, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 5, (64,))
+    for _ in range(2):
+        out, ref = fast(x, y), eager(x, y)
+        torch.testing.assert_close(out, ref)
+        torch.testing.assert_close(torch.autograd.grad(out, x)[0], torch.autograd.grad(ref, x)[0])
+    assert len(picks) == 1 and set(fast.backward_choice.values()) <= {"autograd", "symbolic"}
+    [seconds] = fast.backward_seconds.values()
+    assert set(seconds) == {"autograd", "symbolic"} and all(s > 0 for s in seconds.values())
+    assert fast.compile_seconds > 0
