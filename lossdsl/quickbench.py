@@ -22,7 +22,8 @@ from .errors import KindError, ParameterError
 DIFFERENTIABLE = ("real", "logits", "prob", "positive")
 # variant -> Loss.compile keywords; "torch" is torch.nn.functional's function of the same name
 MODES = {"eager": {}, "fused": {"mode": "fused"}, "compiled": {"mode": "compiled"},
-         "compiled_sym": {"mode": "compiled", "backward": "symbolic"}}
+         "compiled_sym": {"mode": "compiled", "backward": "symbolic"},
+         "compiled_auto": {"mode": "compiled", "backward": "auto"}}
 VARIANTS = (*MODES, "torch")
 DEFAULT_VARIANTS = ("eager", "compiled", "torch")
 OTHER = 16  # the size of every axis but the batch
@@ -125,6 +126,8 @@ def _row(loss: Loss, which: str, args: list, params: dict, sizes: dict, repeat: 
         ms = timed(lambda: fn(*args), repeat)
         mem = saved_bytes(lambda: fn(*args)) / 1024
         note = f"first call {first:.1f} s" if compiles else ""
+        if getattr(fn, "backward_choice", None):
+            note += f"; backward={next(iter(fn.backward_choice.values()))}"
         return f"  {which:<12} {ms:8.3f} {mem:17.1f} KiB  {note}"
     except Exception as err:  # a variant that cannot run is reported, not fatal: the others still compare
         return f"  {which:<12} {'failed':>8} {'':>20}  {type(err).__name__}: {str(err).splitlines()[0][:80]}"
