@@ -46,9 +46,12 @@ def _dispatch(base: torch.nn.Module, autograd_call: Callable, twin: torch.nn.Mod
     def run(*args, **kwargs):
         sig = signature(args, kwargs)
         logged = len(twin.compile_log)
-        if sig not in base.backward_choice:
-            base.backward_choice[sig], base.backward_seconds[sig] = pick(variants, args, kwargs, base.parameters())
-        out = variants[base.backward_choice[sig]](*args, **kwargs)
+        choice = base.backward_choice.get(sig)
+        if choice is None:
+            choice, seconds = pick(variants, args, kwargs, base.parameters())
+            if seconds:  # untimed (no gradient wanted: an evaluation pass) leaves the choice to a later call
+                base.backward_choice[sig], base.backward_seconds[sig] = choice, seconds
+        out = variants[choice](*args, **kwargs)
         if len(twin.compile_log) > logged:  # the twin compiled: base's log is the one users read
             new = twin.compile_log[logged:]
             base.compile_log.extend(new)
