@@ -24,7 +24,7 @@ REPS = 5  # timed steps of each variant, interleaved after two warm-up steps eac
 SLOW_STEP = 1.0  # seconds: a variant this slow in its second warm-up step is timed once
 
 
-def build(loss, module: torch.nn.Module, compile_as: Callable[..., torch.nn.Module]) -> torch.nn.Module:
+def build(module: torch.nn.Module, compile_as: Callable[..., torch.nn.Module]) -> torch.nn.Module:
     """`module`, compiled with autograd's backward, dispatching each signature to the faster variant.
     compile_as(module, backward) is lossdsl.compiled.build with the caller's other options."""
     twin = compile_as(copy.copy(module), "symbolic")

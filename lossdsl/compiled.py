@@ -64,8 +64,8 @@ def build(loss, module: torch.nn.Module, *, dynamic: bool | None = None, backwar
     if backward == "auto":
         from . import autobackward
 
-        return autobackward.build(loss, module, lambda m, how: build(loss, m, dynamic=dynamic, backward=how,
-                                                                      recompute=recompute, specialize=specialize))
+        return autobackward.build(module, lambda m, how: build(loss, m, dynamic=dynamic, backward=how,
+                                                                recompute=recompute, specialize=specialize))
     eager_class = type(module)
     base = fused.build(loss, module) if backward == "symbolic" else module
     symbolic = type(base) is not eager_class
