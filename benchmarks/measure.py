@@ -36,9 +36,10 @@ def retain_freed_memory() -> str:
     0.33 to 1.2 ms a step here, and a row's ratio followed the order the variants first ran in. Fixing the
     thresholds (allocations up to 32 MB from the heap, no trimming) is what jemalloc or tcmalloc, which
     PyTorch's CPU tuning guide recommends, do by default. Returns what was set, for the header."""
-    if ctypes.util.find_library("c") is None:
+    name = ctypes.util.find_library("c")
+    if name is None:
         return "system allocator (not glibc)"
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc = ctypes.CDLL(name)
     if not hasattr(libc, "mallopt"):
         return "system allocator (no mallopt)"
     ok = libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)

@@ -150,6 +150,11 @@ def _check_mode(mode: str, backward: str | None) -> None:
     if mode != "compiled":
         own = "autograd's" if mode == "eager" else "the symbolic gradient"
         raise ParameterError(f"backward= applies to mode='compiled'; mode={mode!r} always uses {own}")
+    check_backward(backward)
+
+
+def check_backward(backward: str) -> None:
+    """compiled mode's backward, checked once for Loss.compile and lossdsl.compiled.build alike."""
     if backward not in BACKWARDS:
         raise ParameterError(f"backward must be one of {', '.join(map(repr, BACKWARDS))}, got {backward!r}"
                              + did_you_mean(backward, BACKWARDS))

@@ -36,7 +36,8 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 from torch.utils.checkpoint import CheckpointPolicy
 
 from . import fused, ir
-from .api import BACKWARDS
+from .api import BACKWARDS as BACKWARDS  # re-exported: compiled mode's choices
+from .api import check_backward
 
 
 def build(loss, module: torch.nn.Module, *, dynamic: bool | None = None, backward: str = "autograd",
@@ -57,8 +58,7 @@ def build(loss, module: torch.nn.Module, *, dynamic: bool | None = None, backwar
     Specializer); it follows their buffers, so a changed value recompiles rather than goes stale."""
     if recompute not in POLICIES:
         raise ValueError(f"recompute must be one of {', '.join(map(repr, POLICIES))}, got {recompute!r}")
-    if backward not in BACKWARDS:
-        raise ValueError(f"backward must be one of {', '.join(map(repr, BACKWARDS))}, got {backward!r}")
+    check_backward(backward)
     if _differentiates_inside(loss):
         return _uncompiled(loss, module)
     if backward == "auto":

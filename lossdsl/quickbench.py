@@ -21,10 +21,10 @@ from .errors import KindError, ParameterError
 
 DIFFERENTIABLE = ("real", "logits", "prob", "positive")
 # variant -> Loss.compile keywords; "torch" is torch.nn.functional's function of the same name
-MODES = {"eager": {}, "fused": {"mode": "fused"}, "compiled": {"mode": "compiled"},
+OPTIONS = {"eager": {}, "fused": {"mode": "fused"}, "compiled": {"mode": "compiled"},
          "compiled_sym": {"mode": "compiled", "backward": "symbolic"},
          "compiled_auto": {"mode": "compiled", "backward": "auto"}}
-VARIANTS = (*MODES, "torch")
+VARIANTS = (*OPTIONS, "torch")
 DEFAULT_VARIANTS = ("eager", "compiled", "torch")
 OTHER = 16  # the size of every axis but the batch
 
@@ -84,7 +84,7 @@ def timed(call: Callable[[], torch.Tensor], repeat: int) -> float:
 def variant(loss: Loss, which: str, params: dict, sizes: dict) -> Callable | None:
     if which == "torch":
         return getattr(F, loss.name, None)
-    return loss.compile(**MODES[which], **params, **sizes)
+    return loss.compile(**OPTIONS[which], **params, **sizes)
 
 
 def run(loss: Loss, *, size: int = 4096, repeat: int = 20, variants: list[str] | None = None,
