@@ -275,7 +275,7 @@ class Lowerer:
     def name(self, e: s.Name) -> sp.Expr:
         n = e.name
         if n in self.values:
-            return self.values[n][0]
+            return self.own_axes(*self.values[n])
         if n in self.inputs:
             inp = self.inputs[n]
             if inp.kind == "fn":
@@ -298,6 +298,17 @@ class Lowerer:
         if n in CONSTANTS:
             return CONSTANTS[n]
         raise UnknownNameError(f"unknown name '{n}'" + did_you_mean(n, self.known_names()), e.span)
+
+    def own_axes(self, value: sp.Expr, axes: tuple[sp.Symbol, ...]) -> sp.Expr:
+        """An intermediate used without brackets, indexed by its axis names as this scope reads them: inside
+        `sum_{c, j}(hinge)` the j of hinge[*n, c, j] is the reduction's own (renamed) j."""
+        mapping = {}
+        for a in axes:
+            name = str(a).removeprefix(self.prefix)
+            if str(a).startswith(self.prefix) and name in self.alias:
+                mapping[a] = self.idx(name)
+                self.bind(mapping[a], str(a))
+        return rename(value, mapping)
 
     # ---- indexing
     def subscript(self, e: s.Subscript) -> sp.Expr:

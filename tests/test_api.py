@@ -190,6 +190,19 @@ def test_learnable_parameter_materialises_lazily() -> None:
     assert loss.s.shape == (4,) and torch.all(loss.s == 0)
 
 
+def test_bare_pairwise_intermediate_inside_a_reduction_reads_its_own_axes() -> None:
+    """`sum_{c, j}(h)` with h[n, c, j] declared: the bare h is h[n, c, j] with the reduction's c and j
+    (the reduction renames its j; the bare name used to keep the declared one and fail to lower)."""
+    text = """loss pairs(x[n, c]):
+    h[n, c, j] = relu(1 - x[n, c] + x[n, j]) * [c != j]
+    sum_{c, j}(h)"""
+    x = torch.randn(6, 5, dtype=torch.float64)
+    bracketed = text.replace("sum_{c, j}(h)", "sum_{c, j}(h[n, c, j])")
+    expected = (torch.relu(1 - x[:, :, None] + x[:, None, :]) * (1 - torch.eye(5))).sum(dim=(1, 2))
+    for source in (text, bracketed):
+        assert_close(lossdsl.compile(source, reduction="none")(x), expected)
+
+
 def test_parse_exposes_inputs_parameters_expression_and_latex() -> None:
     loss = lossdsl.parse(FOCAL)
     assert [i.name for i in loss.inputs] == ["x", "y"]
