@@ -363,7 +363,7 @@ class SourceBuilder:
         out += self.init_source(floats)
         out += self.forward_source(floats)
         used = "\n".join(out)
-        nodes = [node_class(node) for node, (name, _) in NODES.items() if f"{name}.apply(" in used]
+        nodes = [node_class(node) for node, spec in NODES.items() if f"{spec.name}.apply(" in used]
         return "\n".join([out[0], *nodes, *([""] if nodes else []), *out[1:]]) + "\n"
 
     def default_reduction(self) -> str:
@@ -700,27 +700,33 @@ _STRING = re.compile(r"\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'")  # messages may 
 
 def node_class(node: type) -> str:
     """The autograd.Function of an emit.NODES node: forward prints the node's stable form of `a`, backward
-    multiplies by the node's derivative (its fdiff), both through the emitter like the loss itself."""
-    name, form = NODES[node]
-    a = sp.Symbol("a", real=True)
+    multiplies by the node's derivative (its fdiff), both through the emitter like the loss itself; each in
+    two spellings (emit.Node), the kernel one taken while torch.compile traces."""
+    spec = NODES[node]
+    a, grad = sp.Symbol("a", real=True), sp.Symbol("grad", real=True)
     derivative = sp.diff(node(a), a)
-
-    def body(e: sp.Expr) -> list[str]:
-        lines: list[str] = []
-        v = Emitter([], str, {n: V(n, ell=True) for n in ("a", "grad")}, {}, lines).emit(e)
-        lines = _free_temporaries([f"        {line}" for line in lines])
-        text = "\n".join(lines)
-        uses = [f"        {n} = a.{attr}" for n, attr in (("_dt", "dtype"), ("_dev", "device"))
-                if re.search(rf"\b{n}\b", text)]
-        return [*uses, *lines, f"        return {v.code}"]
-
     doc = f"{node.__name__}(a) from its stable form; its gradient is grad * {sp.sstr(derivative)}"
     return "\n".join([
-        "", f"class {name}(torch.autograd.Function):", f"    {doc!r}", "",
+        "", f"class {spec.name}(torch.autograd.Function):", f"    {doc!r}", "",
         "    generate_vmap_rule = True  # torch.func.vmap(grad(loss)): per-sample gradients", "", "    @staticmethod",
-        "    def forward(a):", *body(form(a)), "", "    @staticmethod", "    def setup_context(ctx, inputs, output):",
-        "        ctx.save_for_backward(inputs[0])", "", "    @staticmethod", "    def backward(ctx, grad):",
-        "        a, = ctx.saved_tensors", *body(sp.Symbol("grad", real=True) * derivative)])
+        "    def forward(a):", *_either(spec.kernel_form(a), spec.form(a)), "", "    @staticmethod",
+        "    def setup_context(ctx, inputs, output):", "        ctx.save_for_backward(inputs[0])", "",
+        "    @staticmethod", "    def backward(ctx, grad):", "        a, = ctx.saved_tensors",
+        *_either(grad * spec.kernel_derivative(a), grad * derivative)])
+
+
+def _either(kernel: sp.Expr, eager: sp.Expr) -> list[str]:
+    return ["        if _compiling():", *_node_body(kernel, 12), *_node_body(eager, 8)]
+
+
+def _node_body(e: sp.Expr, indent: int) -> list[str]:
+    """Lines computing e of `a` (and `grad`) and returning it, indented by `indent`."""
+    lines: list[str] = []
+    v = Emitter([], str, {n: V(n, ell=True) for n in ("a", "grad")}, {}, lines).emit(e)
+    text = "\n".join(lines)
+    uses = [f"{n} = a.{attr}" for n, attr in (("_dt", "dtype"), ("_dev", "device")) if re.search(rf"\b{n}\b", text)]
+    body = _free_temporaries([f"        {line}" for line in [*uses, *lines, f"return {v.code}"]])
+    return [" " * (indent - 8) + line for line in body]
 
 
 def _free_temporaries(lines: list[str]) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import sympy as sp
 
@@ -18,7 +19,7 @@ from . import ir
 from .errors import KindError
 from .masks import MaskLowering
 from .scope import ELLIPSIS, free_indices, rename
-from .stable import log_cosh_form
+from .stable import log_cosh_form, log_cosh_kernel_form, tanh_kernel_form
 from .values import V, _literal, _paren
 
 FUNCS: dict[type, str] = {
@@ -29,11 +30,24 @@ FUNCS: dict[type, str] = {
     ir.softplus: "torch.nn.functional.softplus", ir.relu: "torch.relu", ir.log1p: "torch.log1p",
     ir.expm1: "_expm1", ir.isfinite: "torch.isfinite",
 }
-NODES: dict[type, tuple[str, Callable[[sp.Expr], sp.Expr]]] = {ir.logcosh: ("_LogCosh", log_cosh_form)}
-"""Elementwise IR nodes printed as a generated autograd.Function (codegen.node_class): its forward is the
-node's stable form, its backward the node's own derivative, not autograd through the form's ops (log-cosh:
-one tanh instead of two wheres, divisions and powers; eager 4M f32 forward + backward ~150-190 -> 77-92
-ms)."""
+
+
+@dataclass(frozen=True)
+class Node:
+    """An elementwise IR node printed as a generated autograd.Function (codegen.node_class): its forward is
+    the node's stable form, its backward the node's own derivative, not autograd through the form's ops
+    (log-cosh: one tanh instead of two wheres, divisions and powers; eager 4M f32 forward + backward
+    ~150-190 -> 77-92 ms). Two spellings of each, because the cost models differ: eager runs every op as a
+    pass over memory (few, large ops win), while under torch.compile the whole form is one kernel in which
+    arithmetic is nearly free and each transcendental is not (polynomials win)."""
+
+    name: str
+    form: Callable[[sp.Expr], sp.Expr]
+    kernel_form: Callable[[sp.Expr], sp.Expr]
+    kernel_derivative: Callable[[sp.Expr], sp.Expr]
+
+
+NODES: dict[type, Node] = {ir.logcosh: Node("_LogCosh", log_cosh_form, log_cosh_kernel_form, tanh_kernel_form)}
 MEMOS = ("memo", "calls", "relabelled", "renamable")  # what an emitter remembers of emitted values
 _TEMP_LINE = re.compile(r"t\d+ = ")
 COMPARE = {sp.Eq: "==", sp.Ne: "!=", sp.Lt: "<", sp.Le: "<=", sp.Gt: ">", sp.Ge: ">="}
@@ -314,7 +328,7 @@ class Emitter(MaskLowering):
         return self.unary(FUNCS[e.func], self.emit(e.args[0]))
 
     def node_call(self, e: sp.Function) -> V:
-        return self.unary(f"{NODES[e.func][0]}.apply", self.emit(e.args[0]))
+        return self.unary(f"{NODES[e.func].name}.apply", self.emit(e.args[0]))
 
     def minmax(self, e: sp.Basic) -> V:
         fn = "torch.minimum" if isinstance(e, sp.Min) else "torch.maximum"

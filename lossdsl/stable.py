@@ -17,6 +17,8 @@ from .scope import free_indices, rename
 
 LOG_FLOOR = -100  # torch.nn.functional.binary_cross_entropy clamps its logs here
 COSH_SWITCH = 1  # |a| below: log1p(w^2 / (2 + 2w)); above: |a| - log 2 + log1p((1 + w)^2), w = expm1(-|a|)
+KERNEL_SWITCH = sp.Rational(1, 2)  # the kernel forms' |a| below which sinh(|a| / 2) is a polynomial
+HALF_ANGLE_TERMS = 7  # Taylor terms of sinh(h) and cosh(h): the 8th is below 2^-60 of the sum for h < 1/4
 
 
 def softplus(z: sp.Expr) -> sp.Expr:
@@ -72,6 +74,50 @@ def log_cosh_form(a: sp.Expr) -> sp.Expr:
     w = ir.expm1(-mag)
     inner = sp.Piecewise((w ** 2 / (2 + 2 * w), near), ((1 + w) ** 2, True))
     return ir.log1p(inner) + sp.Piecewise((0, near), (mag - sp.log(2), True))
+
+
+def horner(q: sp.Expr, coefficients: list[sp.Rational]) -> sp.Expr:
+    """c0 + q (c1 + q (c2 + ...)), nested as printed: one multiply-add per coefficient."""
+    acc = coefficients[-1]
+    for c in reversed(coefficients[:-1]):
+        acc = sp.Add(c, sp.Mul(q, acc, evaluate=False), evaluate=False)
+    return acc
+
+
+def half_angle(a: sp.Expr) -> tuple[sp.Expr, sp.Expr]:
+    """sinh(|a| / 2) and cosh(|a| / 2) as polynomials (Taylor, 7 terms), accurate to 1 ulp of float64 for
+    |a| < KERNEL_SWITCH; arithmetic only, which costs next to nothing inside one compiled kernel."""
+    h = sp.Abs(a) / 2
+    q = h ** 2
+    odd = [sp.Rational(1, sp.factorial(2 * k + 1)) for k in range(HALF_ANGLE_TERMS)]
+    even = [sp.Rational(1, sp.factorial(2 * k)) for k in range(HALF_ANGLE_TERMS)]
+    return h * horner(q, odd), horner(q, even)
+
+
+def log_cosh_kernel_form(a: sp.Expr) -> sp.Expr:
+    """log(cosh(a)) for one compiled kernel (torch.compile), where arithmetic is free and each
+    transcendental is not (Inductor CPU, 4M float32: exp 1 ms, log1p 3 ms, expm1 through _Expm1 6 ms): one
+    exp and one log1p. Below |a| = 1/2 it is log1p(2 sinh(|a| / 2)^2) from half_angle (cosh(a) - 1 =
+    2 sinh^2(a / 2), no cancellation), above |a| - log 2 + log1p(exp(-2|a|)), where |a| - log 2 cancels at most
+    3 bits. Measured against mpmath over 7500 points in [1e-30, 32]: within 2.5 ulp in float64, 2.7 in float32.
+    """
+    mag = sp.Abs(a)
+    near = mag < KERNEL_SWITCH
+    sh, _ = half_angle(a)
+    inner = sp.Piecewise((2 * sh ** 2, near), (sp.exp(-2 * mag), True))
+    return ir.log1p(inner) + sp.Piecewise((0, near), (mag - sp.log(2), True))
+
+
+def tanh_kernel_form(a: sp.Expr) -> sp.Expr:
+    """tanh(a) for one compiled kernel (Inductor's own tanh costs 6 ms per 4M float32 on CPU, exp 1 ms):
+    2 sinh(h) cosh(h) / (1 + 2 sinh(h)^2) with h = |a| / 2 from half_angle below |a| = 1/2, and
+    (1 - u) / (1 + u) with u = exp(-2|a|) above (1 - u > 0.63: no cancellation); the sign of a restored.
+    Within 2.1 ulp of mpmath in float64 and float32 (same points as log_cosh_kernel_form)."""
+    mag = sp.Abs(a)
+    sh, ch = half_angle(a)
+    u = sp.exp(-2 * mag)
+    magnitude = sp.Piecewise((2 * sh * ch / (1 + 2 * sh ** 2), mag < KERNEL_SWITCH), ((1 - u) / (1 + u), True))
+    return sp.sign(a) * magnitude
 
 
 def clamped_log(p: sp.Expr, complement: bool) -> sp.Expr:

@@ -1,0 +1,59 @@
+"""stable.py's kernel forms as the generated code runs them under torch.compile: the `_compiling()` branch
+of the node's autograd.Function, taken here eagerly (same arithmetic, no compile), against mpmath."""
+
+from __future__ import annotations
+
+import inspect
+
+import mpmath
+import pytest
+import torch
+
+import lossdsl
+
+POINTS = torch.cat([torch.logspace(-30, 1.5, 4000, dtype=torch.float64),
+                    torch.linspace(0.3, 1.2, 3001, dtype=torch.float64),  # both sides of the 1/2 switch
+                    -torch.logspace(-8, 1, 500, dtype=torch.float64)])
+
+
+def _reference(fn) -> torch.Tensor:
+    with mpmath.workdps(50):
+        return torch.tensor([float(fn(mpmath.mpf(float(v)))) for v in POINTS], dtype=torch.float64)
+
+
+LOG_COSH = _reference(lambda v: mpmath.log1p(2 * mpmath.sinh(v / 2) ** 2))  # log(cosh) without cosh's 1 + tiny
+TANH = _reference(mpmath.tanh)
+
+
+@pytest.fixture
+def log_cosh_kernel(monkeypatch: pytest.MonkeyPatch) -> type[torch.autograd.Function]:
+    generated = inspect.getmodule(type(lossdsl.stdlib.log_cosh_loss())).__dict__
+    monkeypatch.setitem(generated, "_compiling", lambda: True)
+    return generated["_LogCosh"]
+
+
+def _ulps(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype) -> float:
+    info = torch.finfo(dtype)
+    want = want.to(dtype).double()  # what the dtype can hold: below its range, log cosh rounds to 0
+    return float(((got.double() - want).abs() / want.abs().clamp_min(info.tiny)).max() / info.eps)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_log_cosh_kernel_form_and_its_tanh_are_within_3_ulp(log_cosh_kernel, dtype: torch.dtype) -> None:
+    """Measured 2.5 / 2.7 ulp (float64 / float32) for the value, 2.1 / 2.0 for the gradient; the eager
+    spelling's tanh is torch's own."""
+    x = POINTS.to(dtype).requires_grad_()
+    out = log_cosh_kernel.apply(x)
+    grad, = torch.autograd.grad(out.sum(), x)
+    assert _ulps(out, LOG_COSH, dtype) < 3
+    assert _ulps(grad, TANH, dtype) < 3
+
+
+def test_log_cosh_kernel_form_at_the_edges(log_cosh_kernel) -> None:
+    x = torch.tensor([0.0, -0.0, 1e4, -1e4, float("inf"), -float("inf"), float("nan")], requires_grad=True)
+    out = log_cosh_kernel.apply(x)
+    grad, = torch.autograd.grad(out.sum(), x)
+    log2 = torch.log(torch.tensor(2.0))
+    torch.testing.assert_close(out, torch.tensor([0.0, 0.0, 1e4 - log2, 1e4 - log2, float("inf"), float("inf"),
+                                                  float("nan")]), equal_nan=True)
+    torch.testing.assert_close(grad, torch.tensor([0.0, 0.0, 1.0, -1.0, 1.0, -1.0, float("nan")]), equal_nan=True)
