@@ -785,13 +785,15 @@ class Emitter(MaskLowering):
 def renaming_key(e: sp.Basic) -> tuple[sp.Basic, list[sp.Symbol]] | None:
     """(e with its free indices numbered in order of first occurrence, those indices) for a reduction, the
     only values worth finding again under other index names; equal keys mean e is the other with its free
-    indices renamed."""
+    indices renamed. Relations are put in SymPy's canonical form: renaming can rebuild `m <= k` as
+    `k >= m` (multilabel_margin_loss's is_target, read at c and at j, was computed twice)."""
     if not isinstance(e, ir._Reduction):
         return None
     free = free_indices(e)
     if not free or ELLIPSIS in free:
         return None
-    return e.xreplace({f: sp.Symbol(f"@{k}") for k, f in enumerate(free)}), free
+    numbered = e.xreplace({f: sp.Symbol(f"@{k}") for k, f in enumerate(free)})
+    return numbered.replace(lambda x: x.is_Relational, lambda x: x.canonical), free
 
 
 def signed_terms(e: sp.Add) -> list[tuple[str, sp.Expr]]:

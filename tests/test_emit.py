@@ -168,6 +168,22 @@ def test_a_transposed_read_reuses_the_product(mode: str) -> None:
     assert_close(torch.cat(grads(out, a, b)), torch.cat(grads(ref, a2, b2)))
 
 
+def test_an_intermediate_with_a_prefix_condition_read_at_two_names_is_computed_once() -> None:
+    """r[n, c] read as r[n, c] and as r[n, j]: renaming c to j rebuilt the inner `m <= k` as `k >= m`, so
+    the two reads looked different and the cumprod and the scatter ran twice (multilabel_margin_loss)."""
+    src = ("loss pairs(x[n, c], t[n, k]: index(c)):\n"
+           "    r[n, c] = sum_k(prod_{m <= k}([t[n, m] != -1]) * [t == c])\n"
+           "    sum_{c, j}(r[n, c] * [r[n, j] == 0] * relu(1 - x[n, c] + x[n, j]))")
+    text = lossdsl.parse(src).to_source()
+    assert text.count("torch.cumprod(") == 1 and text.count(".scatter_add_(") == 1
+    x, t = X(4, 5), torch.tensor([[0, 2, -1, 1, 1], [3, -1, 0, 0, 0], [4, 3, 2, 1, 0], [-1, 1, 1, 1, 1]])
+    x2 = x.detach().clone().requires_grad_()
+    out = lossdsl.compile(src, reduction="none")(x, t)
+    ref = F.multilabel_margin_loss(x2, t, reduction="none") * 5
+    assert_close(out, ref)
+    assert_close(grads(out, x)[0], grads(ref, x2)[0])
+
+
 GATHER_WITH_AXIS = {  # an index with an axis of its own (k): (formula, x's shape, t's shape, reference)
     "trailing": ("loss a(x[n, c], t[n, k]: index(c)):\n    sum_k(x[n, t[n, k]]^2 * (1 + k))", (4, 5), (4, 3),
                  lambda x, t: (x.gather(1, t) ** 2 * torch.arange(1, 4, dtype=D)).sum(1)),
