@@ -1,10 +1,11 @@
 """The stable forms the rewrite rules produce, in plain IR (so the emitter and gradient.py need nothing new),
-except log_cosh_form: the rule leaves the node ir.logcosh (derivative tanh), and the generated code evaluates
-this form inside an autograd.Function (emit.NODES, codegen.node_class).
+except the log-cosh forms: the rule leaves the node ir.logcosh (derivative tanh), and the generated code
+evaluates log_cosh_form (eager) or log_cosh_kernel_form and tanh_kernel_form (under torch.compile) inside
+an autograd.Function (emit.NODES, codegen.node_class).
 
 Each form is written for float32/float16 arithmetic: no intermediate overflows, no subtraction of nearly
 equal quantities, and every branch a `where` does not take keeps a finite gradient (the double-where), except
-in log_cosh_form, which is never differentiated.
+in the log-cosh forms, which are never differentiated.
 """
 
 from __future__ import annotations
