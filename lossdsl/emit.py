@@ -19,7 +19,7 @@ from . import ir
 from .errors import KindError
 from .masks import MaskLowering
 from .scope import ELLIPSIS, free_indices, rename
-from .stable import log_cosh_form, log_cosh_kernel_form, tanh_kernel_form
+from .stable import canonical, log_cosh_form, log_cosh_kernel_form, tanh_kernel_form
 from .values import V, _literal, _paren
 
 FUNCS: dict[type, str] = {
@@ -785,15 +785,16 @@ class Emitter(MaskLowering):
 def renaming_key(e: sp.Basic) -> tuple[sp.Basic, list[sp.Symbol]] | None:
     """(e with its free indices numbered in order of first occurrence, those indices) for a reduction, the
     only values worth finding again under other index names; equal keys mean e is the other with its free
-    indices renamed. Relations are put in SymPy's canonical form: renaming can rebuild `m <= k` as
-    `k >= m` (multilabel_margin_loss's is_target, read at c and at j, was computed twice)."""
+    indices renamed. Relations are put in stable.canonical's form, as SymPy puts them inside a Piecewise
+    condition: multilabel_margin_loss's `[is_target[j] == 0]` turned the `m <= k` nested in is_target into
+    `k >= m`, and is_target, read at c and at j, was computed twice."""
     if not isinstance(e, ir._Reduction):
         return None
     free = free_indices(e)
     if not free or ELLIPSIS in free:
         return None
     numbered = e.xreplace({f: sp.Symbol(f"@{k}") for k, f in enumerate(free)})
-    return numbered.replace(lambda x: x.is_Relational, lambda x: x.canonical), free
+    return canonical(numbered), free
 
 
 def signed_terms(e: sp.Add) -> list[tuple[str, sp.Expr]]:

@@ -6,6 +6,7 @@ inputs are searched with `pytest --hypothesis-profile=explore`, and what that fi
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,11 @@ LANGUAGE_MD = Path(__file__).resolve().parents[2] / "shared" / "LANGUAGE.md"
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+def generated_globals(module: torch.nn.Module) -> dict:
+    """The namespace of a module's generated source: its helpers (_Expm1, _LogCosh, _compiling) live there."""
+    return inspect.getmodule(type(module)).__dict__
 
 
 def grads(out: torch.Tensor, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch.nn.functional as F
 
 import lossdsl
 from lossdsl import compiled
+from tests.conftest import generated_globals
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from measure import peak_bytes  # the benchmarks' allocator-event peak
@@ -159,10 +159,6 @@ def test_compiled_cross_entropy_checks_its_indices_inside_the_loss_graph() -> No
             fast(x, torch.tensor([0, -100, bad, 2, 1, 3]))
 
 
-def _generated_globals(module: torch.nn.Module) -> dict:
-    return inspect.getmodule(type(module)).__dict__
-
-
 @pytest.mark.slow
 def test_compiled_log_cosh_keeps_its_digits_on_cpu() -> None:
     """Through Inductor, end to end: compiled float32 log_cosh_loss at an error of 1e-4 was once off by 4e-4
@@ -184,7 +180,7 @@ def test_compiled_log_cosh_keeps_its_digits_on_cpu() -> None:
 def test_expm1_helper_is_torchs_outside_compile_and_kahans_inside() -> None:
     """_Expm1 (what _expm1 traces as for a CPU) agrees with float64 expm1 within 2 ulp, at the edges too,
     and its gradient is exp(x)."""
-    helpers = _generated_globals(lossdsl.stdlib.log_cosh_loss())
+    helpers = generated_globals(lossdsl.stdlib.log_cosh_loss())
     x = torch.cat([torch.logspace(-30, 2, 400), -torch.logspace(-30, 3, 400)])
     for dtype in (torch.float32, torch.float64):
         xs = x.to(dtype).requires_grad_()
@@ -202,7 +198,7 @@ def test_expm1_helper_is_torchs_outside_compile_and_kahans_inside() -> None:
 def test_picked_gradient_is_gathers(dim: int) -> None:
     """_Picked (what _gather traces as) gives x.gather's gradient: a select over x's shape that equals the
     scatter_add, including an index that repeats a position across rows and a broadcast index."""
-    picked = _generated_globals(lossdsl.stdlib.multi_margin_loss())["_Picked"]
+    picked = generated_globals(lossdsl.stdlib.multi_margin_loss())["_Picked"]
     gen = torch.Generator().manual_seed(dim + 5)
     x = torch.randn(4, 5, 3, dtype=torch.float64, generator=gen, requires_grad=True)
     shape = list(x.shape)

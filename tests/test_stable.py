@@ -3,13 +3,12 @@ of the node's autograd.Function, taken here eagerly (same arithmetic, no compile
 
 from __future__ import annotations
 
-import inspect
-
 import mpmath
 import pytest
 import torch
 
 import lossdsl
+from tests.conftest import generated_globals
 
 POINTS = torch.cat([torch.logspace(-30, 1.5, 4000, dtype=torch.float64),
                     torch.linspace(0.3, 1.2, 3001, dtype=torch.float64),  # both sides of the 1/2 switch
@@ -27,7 +26,7 @@ TANH = _reference(mpmath.tanh)
 
 @pytest.fixture
 def log_cosh_kernel(monkeypatch: pytest.MonkeyPatch) -> type[torch.autograd.Function]:
-    generated = inspect.getmodule(type(lossdsl.stdlib.log_cosh_loss())).__dict__
+    generated = generated_globals(lossdsl.stdlib.log_cosh_loss())
     monkeypatch.setitem(generated, "_compiling", lambda: True)
     return generated["_LogCosh"]
 
