@@ -4,7 +4,12 @@ Neither backward wins across the stdlib (lossdsl.compiled.build's docstring has 
 0.13x autograd's step time for nll_loss and 1.7x for clip_loss), and which wins also depends on the shapes,
 the dtype and the device, so a fixed rule would be wrong somewhere. The choice is made per input signature
 (lossdsl.compiled.signature) by timing forward + backward on detached copies of the caller's own inputs,
-so it costs one extra compilation and a few steps, once per signature and process.
+so it costs one extra compilation and a few steps, once per signature.
+
+Choices are remembered on disk (lossdsl.cache, kind "auto"), keyed by `identity` (the generated source,
+the fixed parameters' values, the compile options, torch's version and the machine) and the signature:
+a later process with the same loss and inputs compiles only the chosen variant and times nothing. A
+stored choice is a preference, not a result: a stale one costs speed, never correctness.
 
 The symbolic variant is a shallow copy of the module (lossdsl.fused swaps the copy's class): both share
 the same parameter and buffer dictionaries, so an optimizer stepping the module's learnable parameters,
@@ -14,43 +19,102 @@ the same parameter and buffer dictionaries, so an optimizer stepping the module'
 from __future__ import annotations
 
 import copy
+import hashlib
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
 
+from . import cache
+
 REPS = 5  # timed steps of each variant, interleaved after two warm-up steps each
 SLOW_STEP = 1.0  # seconds: a variant this slow in its second warm-up step is timed once
 
 
-def build(module: torch.nn.Module, compile_as: Callable[..., torch.nn.Module]) -> torch.nn.Module:
+def build(module: torch.nn.Module, compile_as: Callable[..., torch.nn.Module], ident: str = "") -> torch.nn.Module:
     """`module`, compiled with autograd's backward, dispatching each signature to the faster variant.
-    compile_as(module, backward) is lossdsl.compiled.build with the caller's other options."""
+    compile_as(module, backward) is lossdsl.compiled.build with the caller's other options; `ident`
+    (see `identity`) keys the choices stored on disk, none when empty."""
     twin = compile_as(copy.copy(module), "symbolic")
     if twin.compile_options.get("backward") != "symbolic":  # no symbolic gradient (fn calls): nothing to pick
         return compile_as(module, "autograd")
     base = compile_as(module, "autograd")
-    base.backward_choice, base.backward_seconds = {}, {}
+    base.backward_choice, base.backward_seconds, base.backward_cached = {}, {}, set()
     base.compile_options = {**base.compile_options, "backward": "auto"}
     object.__setattr__(base, "_lossdsl_twin", twin)  # not a submodule: it is the same state, not more of it
-    base._compiled_call_impl = _dispatch(base, base._compiled_call_impl, twin)
+    base._compiled_call_impl = _dispatch(base, base._compiled_call_impl, twin, ident)
     return base
 
 
-def _dispatch(base: torch.nn.Module, autograd_call: Callable, twin: torch.nn.Module) -> Callable:
+def identity(loss, module: torch.nn.Module, options: dict) -> str:
+    """What a stored choice depends on besides the signature: the generated source, the values of the
+    parameters that are not learned (a learned one changes every step, and its shape is in the source's
+    checks), the reduction, the compile options and torch's version; `_entry` adds the machine."""
+    py = loss._py_names
+    h = hashlib.sha256(loss._source.encode())
+    for part in (module.reduction, module.validate, sorted(options.items()), torch.__version__):
+        h.update(repr(part).encode() + b"\0")
+    for p in loss.parameters:
+        value = getattr(module, py[p.name])
+        if isinstance(value, torch.Tensor):
+            value = None if p.type == "learnable" else _tensor_digest(value)
+        h.update(p.name.encode() + b"\0" + repr(value).encode() + b"\0")
+    return h.hexdigest()
+
+
+def _tensor_digest(t: torch.Tensor) -> tuple:
+    data = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    return t.dtype, tuple(t.shape), hashlib.sha256(data).hexdigest()
+
+
+def _entry(ident: str, sig: tuple) -> str:
+    """The cache key of one choice. The machine is part of it, since which backward wins depends on the
+    hardware: the CPU and its threads, and the GPU when the inputs are on one (asked only then, so that
+    a CPU run never initialises CUDA)."""
+    gpu = torch.cuda.get_device_name() if "cuda" in repr(sig) else None
+    machine = platform.machine(), platform.processor(), os.cpu_count(), torch.get_num_threads(), gpu
+    return cache.key(ident, repr(sig), repr(machine))
+
+
+def _stored(ident: str, sig: tuple) -> dict | None:
+    if not (ident and cache.enabled()):
+        return None
+    hit = cache.load(_entry(ident, sig), "auto")
+    return hit if isinstance(hit, dict) and hit.get("choice") in ("autograd", "symbolic") else None
+
+
+def _store(ident: str, sig: tuple, choice: str, seconds: dict[str, float]) -> None:
+    if ident and cache.enabled():
+        cache.store(_entry(ident, sig), {"choice": choice, "seconds": seconds}, "auto")
+
+
+def _dispatch(base: torch.nn.Module, autograd_call: Callable, twin: torch.nn.Module, ident: str) -> Callable:
     from .compiled import signature
 
     variants = {"autograd": autograd_call, "symbolic": twin}
 
+    def decide(sig: tuple, args: tuple, kwargs: dict) -> str:
+        """The stored choice, else the timed one (stored when timed; an evaluation pass, with no gradient
+        to time, leaves the choice to a later call)."""
+        stored = _stored(ident, sig)
+        if stored is not None:
+            base.backward_cached.add(sig)
+            choice, seconds = stored["choice"], stored["seconds"]
+        else:
+            choice, seconds = pick(variants, args, kwargs, base.parameters())
+            if seconds:
+                _store(ident, sig, choice, seconds)
+        if seconds:
+            base.backward_choice[sig], base.backward_seconds[sig] = choice, seconds
+        return choice
+
     def run(*args, **kwargs):
         sig = signature(args, kwargs)
         logged = len(twin.compile_log)
-        choice = base.backward_choice.get(sig)
-        if choice is None:
-            choice, seconds = pick(variants, args, kwargs, base.parameters())
-            if seconds:  # untimed (no gradient wanted: an evaluation pass) leaves the choice to a later call
-                base.backward_choice[sig], base.backward_seconds[sig] = choice, seconds
+        choice = base.backward_choice.get(sig) or decide(sig, args, kwargs)
         out = variants[choice](*args, **kwargs)
         if len(twin.compile_log) > logged:  # the twin compiled: base's log is the one users read
             new = twin.compile_log[logged:]

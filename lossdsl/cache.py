@@ -194,7 +194,7 @@ def lark_path(grammar: str) -> str | None:
 def clear() -> int:
     """Removes every entry (not the directory's other contents); returns how many were removed."""
     removed = 0
-    for kind in ("ir", "lark"):
+    for kind in ("ir", "lark", "auto"):
         for path in (cache_dir() / kind).rglob("*"):
             if path.is_file():
                 path.unlink(missing_ok=True)

@@ -64,8 +64,9 @@ def build(loss, module: torch.nn.Module, *, dynamic: bool | None = None, backwar
     if backward == "auto":
         from . import autobackward
 
-        return autobackward.build(module, lambda m, how: build(loss, m, dynamic=dynamic, backward=how,
-                                                                recompute=recompute, specialize=specialize))
+        options = {"dynamic": dynamic, "recompute": recompute, "specialize": specialize}
+        return autobackward.build(module, lambda m, how: build(loss, m, backward=how, **options),
+                                  autobackward.identity(loss, module, options))
     eager_class = type(module)
     base = fused.build(loss, module) if backward == "symbolic" else module
     symbolic = type(base) is not eager_class

@@ -36,7 +36,7 @@ FUNCS: dict[type, str] = {
 class Node:
     """An elementwise IR node printed as a generated autograd.Function (codegen.node_class): its forward is
     the node's stable form, its backward the node's own derivative, not autograd through the form's ops
-    (log-cosh: one tanh instead of two wheres, divisions and powers; eager 4M f32 forward + backward
+    (log-cosh: one tanh instead of autograd through the clamp, sinh and log1p; eager 4M f32 forward + backward
     ~150-190 -> 77-92 ms). Two spellings of each, because the cost models differ: eager runs every op as a
     pass over memory (few, large ops win), while under torch.compile the whole form is one kernel in which
     arithmetic is nearly free and each transcendental is not (polynomials win)."""

@@ -416,7 +416,7 @@ RULES: list[Rule] = [
     Rule("log1p_exp", "log1p(exp(a))", "softplus(a) = -logsigmoid(-a)", "none",
          wild(ir.log1p(sp.exp(A)), softplus), "log1p(exp(x))", "log1p(exp(x) + 1)"),
     Rule("log_cosh", "log(cosh(a))",
-         "w = expm1(-|a|); |a| < 1: log1p(w^2 / (2 + 2w)); else |a| - log 2 + log1p((1 + w)^2)",
+         "c = min(|a|, 20): log1p(2 sinh(c / 2)^2) + (|a| - c); derivative tanh(a)",
          "none", wild(sp.log(sp.cosh(A)), ir.logcosh), "log(cosh(x))", "log(cosh(x) + 1)", (-1e4, 1e4)),
     Rule("log_cosh_identity", "a + softplus(-2a) - log 2", "log(cosh(a)), computed as the log_cosh rule's form",
          "the three terms appear together in one sum", r_log_cosh_identity, "x + softplus(-2*x) - log(2)",

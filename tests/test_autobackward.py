@@ -67,8 +67,45 @@ def test_a_loss_without_a_symbolic_gradient_compiles_autograd_only() -> None:
     assert fast.compile_options["backward"] == "autograd" and not hasattr(fast, "_lossdsl_twin")
 
 
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("LOSSDSL_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("LOSSDSL_CACHE", raising=False)
+    return tmp_path
+
+
+def test_identity_changes_with_what_decides_the_choice() -> None:
+    focal = lossdsl.stdlib.get("focal_loss")
+    options = {"dynamic": None, "recompute": "masks", "specialize": True}
+    same = autobackward.identity(focal, focal.compile(), options)
+    assert same == autobackward.identity(focal, focal.compile(), dict(options))
+    others = [autobackward.identity(focal, focal.compile(gamma=3.0), options),
+              autobackward.identity(focal, focal.compile(reduction="sum"), options),
+              autobackward.identity(focal, focal.compile(), {**options, "recompute": "all"}),
+              autobackward.identity(lossdsl.stdlib.get("cross_entropy"), lossdsl.stdlib.cross_entropy(), options)]
+    assert len({same, *others}) == 5
+
+
+def test_a_stored_choice_is_read_back_and_a_damaged_one_is_a_miss(cache_dir, monkeypatch) -> None:
+    sig = (((4, 3), torch.float32, "cpu"),)
+    assert autobackward._stored("abc", sig) is None
+    autobackward._store("abc", sig, "symbolic", {"autograd": 2.0, "symbolic": 1.0})
+    assert autobackward._stored("abc", sig) == {"choice": "symbolic", "seconds": {"autograd": 2.0, "symbolic": 1.0}}
+    assert autobackward._stored("abd", sig) is None and autobackward._stored("abc", (sig[0], sig[0])) is None
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 97)  # another machine's threads: another entry
+    assert autobackward._stored("abc", sig) is None
+    monkeypatch.undo()
+    monkeypatch.setenv("LOSSDSL_CACHE_DIR", str(cache_dir))
+    [entry] = cache_dir.glob("auto/*/*.pkl")
+    entry.write_bytes(b"not a pickle")
+    assert autobackward._stored("abc", sig) is None
+    autobackward._store("abc", sig, "symbolic", {"autograd": 2.0, "symbolic": 1.0})
+    monkeypatch.setenv("LOSSDSL_CACHE", "0")
+    assert autobackward._stored("abc", sig) is None
+
+
 @pytest.mark.slow
-def test_auto_matches_eager_and_picks_once_per_signature(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_matches_eager_and_picks_once_per_signature(monkeypatch: pytest.MonkeyPatch, cache_dir) -> None:
     picks = []
     real_pick = autobackward.pick
     monkeypatch.setattr(autobackward, "pick", lambda *a: picks.append(1) or real_pick(*a))
@@ -87,3 +124,15 @@ def test_auto_matches_eager_and_picks_once_per_signature(monkeypatch: pytest.Mon
     [seconds] = fast.backward_seconds.values()
     assert set(seconds) == {"autograd", "symbolic"} and all(s > 0 for s in seconds.values())
     assert fast.compile_seconds > 0
+    assert not fast.backward_cached
+
+    again = lossdsl.stdlib.focal_loss(mode="compiled", backward="auto")  # as a second process would
+    out, ref = again(x, y), eager(x, y)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(torch.autograd.grad(out, x)[0], torch.autograd.grad(ref, x)[0])
+    assert len(picks) == 2, "the stored choice is used, nothing is timed"
+    assert again.backward_choice == fast.backward_choice and again.backward_cached == set(fast.backward_choice)
+    assert len(again.compile_log) == 1 < len(fast.compile_log), "only the chosen variant is compiled"
+    other = lossdsl.stdlib.focal_loss(gamma=3.0, mode="compiled", backward="auto")
+    other(x, y)
+    assert len(picks) == 3

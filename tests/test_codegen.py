@@ -306,7 +306,7 @@ def test_class_targets_gather_checked_or_clamped(validate: bool, ignored: bool) 
 
 def test_log_cosh_runs_as_a_generated_autograd_function() -> None:
     """ir.logcosh prints as a generated autograd.Function: forward its stable form, backward grad * tanh(a).
-    Autograd through the form's two wheres, divisions and powers is gone from eager mode's backward; the
+    Autograd through the form's clamp, sinh, powers and log1p is gone from eager mode's backward; the
     values, gradients (to +-1e4) and second derivative are log cosh's, against independent formulas."""
     from tests.test_fused import _Ops
 
