@@ -334,10 +334,14 @@ def r_empty_ratio(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
 
 def safe_xlogy(x: sp.Expr, y: sp.Expr, ctx: Ctx) -> sp.Expr:
     """torch.xlogy(x, y) passes x / y back to y: NaN at x = y = 0 (KL's p log p at p = 0). Where y can reach
-    0, the same value from x log(y) where x != 0, with y read as 1 where x = 0, gives that gradient 0."""
+    0, the same value from x log(y) where x != 0, with y read as 1 where x = 0, gives that gradient 0.
+    For x log(x) the guard is x log(x + [x = 0]) alone: its value at x = 0 is already 0 and y needs no
+    masking (eager kl_div: 5 whole-tensor ops instead of 11, one of them a where)."""
     if ctx.bounds(y)[0] > 0:
         return ir.xlogy(x, y)
     zero = sp.Eq(x, 0)
+    if x == y:
+        return x * sp.log(shifted(x, zero, 1))
     return sp.Piecewise((x * sp.log(shifted(y * ir.iverson(sp.Not(zero)), zero, 1)), sp.Not(zero)), (0, True))
 
 
