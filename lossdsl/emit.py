@@ -242,12 +242,15 @@ class Emitter(MaskLowering):
             else:
                 num.append(self.emit(f))
         full = {lab for v in num + den if v.is_tensor for lab in v.labels}
+        any_shape = any(v.ell for v in num + den)
 
         def small(v: V) -> bool:
-            return not v.is_tensor or (not v.ell and set(v.labels) < full)
+            return not v.is_tensor or (not v.ell and (set(v.labels) < full or (any_shape and not v.labels)))
 
         # operands with fewer axes are combined first: beta * t[n, c, s] * u[n, c] / w[n, c] is one multiply
-        # over [n, c, s] after two over [n, c], not three over [n, c, s]
+        # over [n, c, s] after two over [n, c], not three over [n, c, s]; 0-d parameters count as fewer axes
+        # than an undeclared-shape input (weighted_bce's 0.5 * y * total * logsigmoid(x) / pos_count: two
+        # full-size multiplies, not four)
         sn, sd = [v for v in num if small(v)], [v for v in den if small(v)]
         if len(sn) + len(sd) >= 2 and len(sn) + len(sd) < len(num) + len(den) and any(
                 v.is_tensor for v in sn + sd):
