@@ -256,3 +256,18 @@ def test_products_combine_operands_with_fewer_axes_first() -> None:
     ref = 2 * x * u[..., None] / w[..., None]
     assert_close(out, ref)
     assert_close(grads(out, x)[0], grads(ref, x)[0])
+
+
+def test_scalar_parameters_are_combined_before_the_full_size_inputs() -> None:
+    """0.5 * y * total * logsigmoid(x) / pos_count (weighted_bce's first term, with inputs of undeclared
+    shape) runs as one 0-d product and two full-size multiplies, not four full-size ones; same value."""
+    from tests.test_fused import _Ops
+
+    module = lossdsl.compile("loss f(x, y; a = 3, b = 2):\n    0.5 * y * (a + b) * logsigmoid(x) / a\n",
+                             reduction="none")
+    x, y = torch.randn(64, dtype=D), torch.rand(64, dtype=D)
+    with _Ops() as ops:
+        out = module(x, y)
+    full = [name for name, numel in ops.ops if numel == 64 and name in ("mul", "div")]
+    assert len(full) == 2, ops.ops
+    assert_close(out, 0.5 * y * 5 * F.logsigmoid(x) / 3)
