@@ -34,10 +34,12 @@ REPS = 5  # timed steps of each variant, interleaved after two warm-up steps eac
 SLOW_STEP = 1.0  # seconds: a variant this slow in its second warm-up step is timed once
 
 
-def build(module: torch.nn.Module, compile_as: Callable[..., torch.nn.Module], ident: str = "") -> torch.nn.Module:
+def build(module: torch.nn.Module, compile_as: Callable[..., torch.nn.Module],
+          ident: Callable[[], str] | None = None) -> torch.nn.Module:
     """`module`, compiled with autograd's backward, dispatching each signature to the faster variant.
-    compile_as(module, backward) is lossdsl.compiled.build with the caller's other options; `ident`
-    (see `identity`) keys the choices stored on disk, none when empty."""
+    compile_as(module, backward) is lossdsl.compiled.build with the caller's other options; ident()
+    (see `identity`) keys the choices stored on disk, none without it. It is asked when a signature is
+    decided, so parameter values changed after building count."""
     twin = compile_as(copy.copy(module), "symbolic")
     if twin.compile_options.get("backward") != "symbolic":  # no symbolic gradient (fn calls): nothing to pick
         return compile_as(module, "autograd")
@@ -91,7 +93,8 @@ def _store(ident: str, sig: tuple, choice: str, seconds: dict[str, float]) -> No
         cache.store(_entry(ident, sig), {"choice": choice, "seconds": seconds}, "auto")
 
 
-def _dispatch(base: torch.nn.Module, autograd_call: Callable, twin: torch.nn.Module, ident: str) -> Callable:
+def _dispatch(base: torch.nn.Module, autograd_call: Callable, twin: torch.nn.Module,
+              ident: Callable[[], str] | None) -> Callable:
     from .compiled import signature
 
     variants = {"autograd": autograd_call, "symbolic": twin}
@@ -99,14 +102,15 @@ def _dispatch(base: torch.nn.Module, autograd_call: Callable, twin: torch.nn.Mod
     def decide(sig: tuple, args: tuple, kwargs: dict) -> str:
         """The stored choice, else the timed one (stored when timed; an evaluation pass, with no gradient
         to time, leaves the choice to a later call)."""
-        stored = _stored(ident, sig)
+        key = ident() if ident is not None and cache.enabled() else ""
+        stored = _stored(key, sig)
         if stored is not None:
             base.backward_cached.add(sig)
             choice, seconds = stored["choice"], stored["seconds"]
         else:
             choice, seconds = pick(variants, args, kwargs, base.parameters())
             if seconds:
-                _store(ident, sig, choice, seconds)
+                _store(key, sig, choice, seconds)
         if seconds:
             base.backward_choice[sig], base.backward_seconds[sig] = choice, seconds
         return choice

@@ -66,7 +66,7 @@ def build(loss, module: torch.nn.Module, *, dynamic: bool | None = None, backwar
 
         options = {"dynamic": dynamic, "recompute": recompute, "specialize": specialize}
         return autobackward.build(module, lambda m, how: build(loss, m, backward=how, **options),
-                                  autobackward.identity(loss, module, options))
+                                  lambda: autobackward.identity(loss, module, options))
     eager_class = type(module)
     base = fused.build(loss, module) if backward == "symbolic" else module
     symbolic = type(base) is not eager_class

@@ -25,6 +25,15 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """lossdsl's disk cache in an empty directory of its own: tests that count compilations, pipeline runs
+    or backward="auto" timings must not find what an earlier run of the suite stored."""
+    monkeypatch.setenv("LOSSDSL_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("LOSSDSL_CACHE", raising=False)
+    return tmp_path
+
+
 def generated_globals(module: torch.nn.Module) -> dict:
     """The namespace of a module's generated source: its helpers (_Expm1, _LogCosh, _compiling) live there."""
     return inspect.getmodule(type(module)).__dict__

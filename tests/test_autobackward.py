@@ -67,13 +67,6 @@ def test_a_loss_without_a_symbolic_gradient_compiles_autograd_only() -> None:
     assert fast.compile_options["backward"] == "autograd" and not hasattr(fast, "_lossdsl_twin")
 
 
-@pytest.fixture
-def cache_dir(tmp_path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("LOSSDSL_CACHE_DIR", str(tmp_path))
-    monkeypatch.delenv("LOSSDSL_CACHE", raising=False)
-    return tmp_path
-
-
 def test_identity_changes_with_what_decides_the_choice() -> None:
     focal = lossdsl.stdlib.get("focal_loss")
     options = {"dynamic": None, "recompute": "masks", "specialize": True}

@@ -20,13 +20,6 @@ loss dice(p[n, c, *s]: prob, g[n, c, *s]: binary; eps = 1e-5 > 0):
 """
 
 
-@pytest.fixture
-def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("LOSSDSL_CACHE_DIR", str(tmp_path))
-    monkeypatch.delenv("LOSSDSL_CACHE", raising=False)
-    return tmp_path
-
-
 def test_key_depends_on_every_part_and_the_generator() -> None:
     assert cache.key("a", "b") == cache.key("a", "b")
     assert cache.key("a", "b") != cache.key("ab")

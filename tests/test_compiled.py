@@ -282,9 +282,10 @@ def test_specializer_leaves_shaped_and_learnable_parameters() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backward", compiled.BACKWARDS)
-def test_compiled_follows_a_changed_parameter(backward: str) -> None:
+def test_compiled_follows_a_changed_parameter(backward: str, cache_dir) -> None:
     """One torch.compile per value: ~20-40 s on 2 cores with a cold Inductor cache. The symbolic backward
-    follows too: its forward and gradient are regenerated with the new value written in (fused.retarget)."""
+    follows too: its forward and gradient are regenerated with the new value written in (fused.retarget).
+    (An empty lossdsl cache: a choice stored by an earlier run would spare "auto" its second compile.)"""
     fast = compiled.build(lossdsl.parse(FOCAL), lossdsl.compile(FOCAL), backward=backward)
     assert fast.compile_options["specialized"] == ["gamma"] and fast.compile_options["backward"] == backward
     x = torch.randn(100, dtype=torch.float64, requires_grad=True)
