@@ -19,12 +19,14 @@ the same parameter and buffer dictionaries, so an optimizer stepping the module'
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -77,8 +79,20 @@ def _entry(ident: str, sig: tuple) -> str:
     hardware: the CPU and its threads, and the GPU when the inputs are on one (asked only then, so that
     a CPU run never initialises CUDA)."""
     gpu = torch.cuda.get_device_name() if "cuda" in repr(sig) else None
-    machine = platform.machine(), platform.processor(), os.cpu_count(), torch.get_num_threads(), gpu
+    machine = platform.machine(), _cpu_model(), os.cpu_count(), torch.get_num_threads(), gpu
     return cache.key(ident, repr(sig), repr(machine))
+
+
+@functools.cache
+def _cpu_model() -> str:
+    """The CPU's model name on Linux (platform.processor() there is `uname -p`: a subprocess, and mostly
+    "x86_64" or "unknown"), else what platform reports."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return platform.processor()
+    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
+                platform.processor())
 
 
 def _stored(ident: str, sig: tuple) -> dict | None:
