@@ -78,7 +78,8 @@ def _entry(ident: str, sig: tuple) -> str:
     """The cache key of one choice. The machine is part of it, since which backward wins depends on the
     hardware: the CPU and its threads, and the GPU when the inputs are on one (asked only then, so that
     a CPU run never initialises CUDA)."""
-    gpu = torch.cuda.get_device_name() if "cuda" in repr(sig) else None
+    on_cuda = any(isinstance(part, tuple) and part[2] == "cuda" for part in sig)  # (shape, dtype, device type)
+    gpu = torch.cuda.get_device_name() if on_cuda else None
     machine = platform.machine(), _cpu_model(), os.cpu_count(), torch.get_num_threads(), gpu
     return cache.key(ident, repr(sig), repr(machine))
 
@@ -96,6 +97,7 @@ def _cpu_model() -> str:
 
 
 def _stored(ident: str, sig: tuple) -> dict | None:
+    """The stored choice for `sig`; none without an identity or with the cache off."""
     if not (ident and cache.enabled()):
         return None
     hit = cache.load(_entry(ident, sig), "auto")
@@ -116,7 +118,7 @@ def _dispatch(base: torch.nn.Module, autograd_call: Callable, twin: torch.nn.Mod
     def decide(sig: tuple, args: tuple, kwargs: dict) -> str:
         """The stored choice, else the timed one (stored when timed; an evaluation pass, with no gradient
         to time, leaves the choice to a later call)."""
-        key = ident() if ident is not None and cache.enabled() else ""
+        key = ident() if ident is not None else ""
         stored = _stored(key, sig)
         if stored is not None:
             base.backward_cached.add(sig)

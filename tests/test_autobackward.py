@@ -85,10 +85,9 @@ def test_a_stored_choice_is_read_back_and_a_damaged_one_is_a_miss(cache_dir, mon
     autobackward._store("abc", sig, "symbolic", {"autograd": 2.0, "symbolic": 1.0})
     assert autobackward._stored("abc", sig) == {"choice": "symbolic", "seconds": {"autograd": 2.0, "symbolic": 1.0}}
     assert autobackward._stored("abd", sig) is None and autobackward._stored("abc", (sig[0], sig[0])) is None
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 97)  # another machine's threads: another entry
-    assert autobackward._stored("abc", sig) is None
-    monkeypatch.undo()
-    monkeypatch.setenv("LOSSDSL_CACHE_DIR", str(cache_dir))
+    with monkeypatch.context() as other_machine:
+        other_machine.setattr(torch, "get_num_threads", lambda: 97)  # another machine's threads: another entry
+        assert autobackward._stored("abc", sig) is None
     [entry] = cache_dir.glob("auto/*/*.pkl")
     entry.write_bytes(b"not a pickle")
     assert autobackward._stored("abc", sig) is None
