@@ -93,8 +93,9 @@ class _CtcNll(torch.autograd.Function):
         betas = _Betas(log_probs, ext, _closed(used, alphas), _closed(_ahead(skip, 2, False), alphas),
                        _end_states(target_lengths, used, alphas), starts[..., None])
         for t0, t1 in reversed(_ranges(steps, batch * width)):
-            v = (alphas[t0:t1] + betas.frames(t0, t1)).add_(shift)  # a copy: the next range reads beta_t0
-            gamma = v.clamp(min=EXP_FLOOR).exp_().mul_(v > EXP_FLOOR).mul_(weight)
+            v = betas.frames(t0, t1).add_(alphas[t0:t1]).add_(shift)  # in the betas' own buffer
+            keep = v > EXP_FLOOR
+            gamma = v.clamp_(min=EXP_FLOOR).exp_().mul_(keep).mul_(weight)
             out[t0:t1].scatter_add_(2, ext.expand(t1 - t0, -1, -1), gamma)
         return out, None, None, None, None
 
@@ -132,7 +133,8 @@ class _Betas:
         self.previous: Tensor | None = None
 
     def frames(self, t0: int, t1: int) -> Tensor:
-        """beta over frames [t0, t1), a fresh [t1 - t0, N, 2S + 1] tensor; called for descending ranges."""
+        """beta over frames [t0, t1), a fresh [t1 - t0, N, 2S + 1] tensor the caller may overwrite; called
+        for descending ranges (the next one reads beta_t0, kept as a copy)."""
         out = self.unused.new_empty((t1 - t0, *self.ext.shape))
         emit = _emissions(self.log_probs[t0 + 1:t1 + 1], self.ext)  # log y_{t+1}: one fewer at the end
         for t in range(t1 - 1, t0 - 1, -1):
@@ -144,6 +146,7 @@ class _Betas:
                 total = torch.logaddexp(total, self.two_on + self.no_skip).add_(self.unused)
                 torch.maximum(total, self.ends + self.starts[t], out=out[t - t0])
             self.previous = out[t - t0]
+        self.previous = self.previous.clone()
         return out
 
 
