@@ -103,9 +103,9 @@ class _CtcNll(torch.autograd.Function):
 def _ranges(steps: int, per_frame: int) -> list[tuple[int, int]]:
     """Frames [t0, t1) whose per-state temporaries (emissions, betas, gammas) are made together: a
     sixteenth of the alphas, at most 64K elements, so that the four or five alive at once add a third to
-    what the alphas hold (one frame at a time at large batches); at least 4K, so that a small problem,
+    what the alphas hold (one frame at a time at large batches); at least 2K, so that a small problem,
     whose cost is the number of torch calls, takes few ranges."""
-    elements = min(max(steps * per_frame // 16, 1 << 12), 1 << 16)
+    elements = min(max(steps * per_frame // 16, 1 << 11), 1 << 16)
     chunk = max(1, elements // max(per_frame, 1))
     return [(t0, min(t0 + chunk, steps)) for t0 in range(0, steps, chunk)]
 
