@@ -90,7 +90,7 @@ class _CtcNll(torch.autograd.Function):
         out = torch.zeros_like(log_probs)
         steps, (batch, width) = log_probs.shape[0], ext.shape
         starts = _closed(torch.arange(steps, device=ext.device)[:, None] == input_lengths - 1, alphas)
-        betas = _Betas(log_probs, ext, _closed(used, alphas), _closed(_ahead(skip, 2, False), alphas),
+        betas = _Betas(log_probs, ext, _closed(_ahead(skip, 2, False), alphas),
                        _end_states(target_lengths, used, alphas), starts[..., None])
         for t0, t1 in reversed(_ranges(steps, batch * width)):
             v = betas.frames(t0, t1).add_(alphas[t0:t1]).add_(shift)  # in the betas' own buffer
@@ -118,14 +118,13 @@ def _emissions(log_probs: Tensor, ext: Tensor) -> Tensor:
 class _Betas:
     """Graves' backward recursion, beta_t(s) = log-sum of beta_{t+1} + log y_{t+1} at s, s + 1 and (where
     the skip exists) s + 2, with beta at a sample's last frame set to its end states. Each frame is two
-    log-adds of fixed views into one buffer padded on the right, so no shifted copy is made: eight torch
-    calls a frame against ~40 before, which at small batches is the whole cost (T = 32, N = 4: forward +
-    backward 6.3 -> 1.4 ms). Frames before a sample's last one start at -inf and stay there."""
+    log-adds of fixed views into one buffer padded on the right, so no shifted copy is made, and per-frame
+    views come from one unbind per range: five torch calls a frame. Frames after a sample's last one are
+    -inf and stay so, and so do states past its target (beta flows from higher states to lower ones, and
+    nothing enters above the end states), so no mask is added per frame."""
 
-    def __init__(self, log_probs: Tensor, ext: Tensor, unused: Tensor, no_skip: Tensor, ends: Tensor,
-                 starts: Tensor) -> None:
-        self.log_probs, self.ext, self.unused, self.no_skip, self.ends, self.starts = (
-            log_probs, ext, unused, no_skip, ends, starts)
+    def __init__(self, log_probs: Tensor, ext: Tensor, no_skip: Tensor, ends: Tensor, starts: Tensor) -> None:
+        self.log_probs, self.ext, self.no_skip, self.ends, self.starts = log_probs, ext, no_skip, ends, starts
         width = ext.shape[1]
         self.padded = log_probs.new_full((ext.shape[0], width + 2), float("-inf"))
         self.here, self.one_on, self.two_on = (self.padded[:, :width], self.padded[:, 1:-1],
@@ -135,17 +134,18 @@ class _Betas:
     def frames(self, t0: int, t1: int) -> Tensor:
         """beta over frames [t0, t1), a fresh [t1 - t0, N, 2S + 1] tensor the caller may overwrite; called
         for descending ranges (the next one reads beta_t0, kept as a copy)."""
-        out = self.unused.new_empty((t1 - t0, *self.ext.shape))
-        emit = _emissions(self.log_probs[t0 + 1:t1 + 1], self.ext)  # log y_{t+1}: one fewer at the end
-        for t in range(t1 - 1, t0 - 1, -1):
+        out = self.ends.new_empty((t1 - t0, *self.ext.shape))
+        emit = _emissions(self.log_probs[t0 + 1:t1 + 1], self.ext).unbind(0)  # log y_{t+1}: one fewer at the end
+        start = (self.ends + self.starts[t0:t1]).unbind(0)  # the end states at a sample's last frame, else -inf
+        beta = out.unbind(0)
+        for k in range(t1 - t0 - 1, -1, -1):
             if self.previous is None:
-                torch.add(self.ends, self.starts[t], out=out[t - t0])
+                beta[k].copy_(start[k])
             else:
-                torch.add(self.previous, emit[t - t0], out=self.here)
+                torch.add(self.previous, emit[k], out=self.here)
                 total = torch.logaddexp(self.here, self.one_on)
-                total = torch.logaddexp(total, self.two_on + self.no_skip).add_(self.unused)
-                torch.maximum(total, self.ends + self.starts[t], out=out[t - t0])
-            self.previous = out[t - t0]
+                torch.maximum(torch.logaddexp(total, self.two_on + self.no_skip), start[k], out=beta[k])
+            self.previous = beta[k]
         self.previous = self.previous.clone()
         return out
 
@@ -167,20 +167,22 @@ def _alphas(log_probs: Tensor, ext: Tensor, unused: Tensor, no_skip: Tensor) -> 
     the state two back. unused / no_skip are -inf at the states and skips that do not exist, else 0. The
     alphas are a view of a buffer with two -inf states on the left, where s - 1 and s - 2 are views too:
     a frame is two torch.logaddexp (exact at -inf, and without the subnormal exps of a shifted sum's
-    far terms) and two adds."""
+    far terms) and two adds, four torch calls where shifted copies and a max-shifted log-sum took ~25 (at
+    ASR batch sizes a frame costs its number of calls: benchmarks/ctc_frames.py)."""
     steps, batch, _ = log_probs.shape
     width = ext.shape[1]
     padded = log_probs.new_full((max(steps, 1), batch, width + 2), float("-inf"))
     alphas, one_back, two_back = padded[..., 2:], padded[..., 1:-1], padded[..., :-2]
     start = _closed(torch.arange(width, device=ext.device) < 2, unused)
+    frames = [alphas.unbind(0), one_back.unbind(0), two_back.unbind(0)]  # per-frame views, made at once
     for t0, t1 in _ranges(steps, batch * width):
-        emit = _emissions(log_probs[t0:t1], ext).add_(unused)
+        emit = _emissions(log_probs[t0:t1], ext).add_(unused).unbind(0)
         for t in range(t0, t1):
             if t == 0:
-                torch.add(emit[0], start, out=alphas[0])
+                torch.add(emit[0], start, out=frames[0][0])
                 continue
-            total = torch.logaddexp(alphas[t - 1], one_back[t - 1])
-            torch.add(torch.logaddexp(total, two_back[t - 1] + no_skip), emit[t - t0], out=alphas[t])
+            total = torch.logaddexp(frames[0][t - 1], frames[1][t - 1])
+            torch.add(torch.logaddexp(total, frames[2][t - 1] + no_skip), emit[t - t0], out=frames[0][t])
     return alphas
 
 

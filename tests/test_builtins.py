@@ -111,8 +111,8 @@ class _CountCalls(TorchDispatchMode):
 def test_ctc_frame_costs_few_torch_calls() -> None:
     """Below ASR batch sizes a frame's cost is the number of torch calls it makes, not its arithmetic
     (T = 400, N = 16: 81 ms against torch's 25 with the 75 calls a frame of shifted copies). Forward and
-    backward together now make 20 a frame: two logaddexp each way over views of padded buffers, and the
-    gammas scattered for many frames at once."""
+    backward together now make 9 a frame: two logaddexp each way over views of padded buffers, per-frame
+    views from one unbind, and the gammas scattered for many frames at once."""
     def calls(steps: int) -> int:
         log_probs = torch.log_softmax(torch.randn(steps, 3, 5), 2).requires_grad_()
         targets, target_lengths = torch.randint(1, 5, (3, 4)), torch.tensor([4, 2, 3])
@@ -121,4 +121,4 @@ def test_ctc_frame_costs_few_torch_calls() -> None:
             torch.autograd.grad(nll.sum(), log_probs)
         return count.calls
 
-    assert (calls(40) - calls(20)) / 20 <= 24
+    assert (calls(40) - calls(20)) / 20 <= 12
