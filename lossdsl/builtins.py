@@ -174,15 +174,15 @@ def _alphas(log_probs: Tensor, ext: Tensor, unused: Tensor, no_skip: Tensor) -> 
     padded = log_probs.new_full((max(steps, 1), batch, width + 2), float("-inf"))
     alphas, one_back, two_back = padded[..., 2:], padded[..., 1:-1], padded[..., :-2]
     start = _closed(torch.arange(width, device=ext.device) < 2, unused)
-    frames = [alphas.unbind(0), one_back.unbind(0), two_back.unbind(0)]  # per-frame views, made at once
+    at, one_at, two_at = alphas.unbind(0), one_back.unbind(0), two_back.unbind(0)  # per-frame views at once
     for t0, t1 in _ranges(steps, batch * width):
         emit = _emissions(log_probs[t0:t1], ext).add_(unused).unbind(0)
         for t in range(t0, t1):
             if t == 0:
-                torch.add(emit[0], start, out=frames[0][0])
+                torch.add(emit[0], start, out=at[0])
                 continue
-            total = torch.logaddexp(frames[0][t - 1], frames[1][t - 1])
-            torch.add(torch.logaddexp(total, frames[2][t - 1] + no_skip), emit[t - t0], out=frames[0][t])
+            total = torch.logaddexp(at[t - 1], one_at[t - 1])
+            torch.add(torch.logaddexp(total, two_at[t - 1] + no_skip), emit[t - t0], out=at[t])
     return alphas
 
 
