@@ -102,9 +102,10 @@ class _CtcNll(torch.autograd.Function):
 
 def _ranges(steps: int, per_frame: int) -> list[tuple[int, int]]:
     """Frames [t0, t1) whose per-state temporaries (emissions, betas, gammas) are made together: a
-    sixteenth of the alphas, at most 64K elements, so that the four or five alive at once add a third to
-    what the alphas hold (one frame at a time at large batches); at least 2K, so that a small problem,
-    whose cost is the number of torch calls, takes few ranges."""
+    sixteenth of the alphas, at most 64K elements, so that the few alive at once (emissions, betas reused
+    for gamma, a bool mask) stay a small part of what the alphas hold (one frame at a time at large
+    batches); at least 2K, so that a small problem, whose cost is the number of torch calls, takes few
+    ranges."""
     elements = min(max(steps * per_frame // 16, 1 << 11), 1 << 16)
     chunk = max(1, elements // max(per_frame, 1))
     return [(t0, min(t0 + chunk, steps)) for t0 in range(0, steps, chunk)]
@@ -151,9 +152,10 @@ class _Betas:
 
 
 EXP_FLOOR = -80.0
-"""Where the CTC log-sums and occupation probabilities stop calling exp: e^-80 < 2e-35 is nothing next to
-the largest term (1) of a shifted sum, and below it exp enters the subnormal range, which costs this CPU 30x
-(exp of 67K floats in [-100, -88]: 2.2 ms against 0.07 ms in [-50, 0]; -inf itself 0.34 ms)."""
+"""Where _log_sum (of the final two states) and the occupation probabilities stop calling exp: e^-80 < 2e-35
+is nothing next to the largest term (1) of a shifted sum, and below it exp enters the subnormal range, which
+costs this CPU 30x (exp of 67K floats in [-100, -88]: 2.2 ms against 0.07 ms in [-50, 0]; -inf itself
+0.34 ms)."""
 
 
 def _closed(keep: Tensor, like: Tensor) -> Tensor:

@@ -48,6 +48,24 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-
     torch.testing.assert_close(actual, expected.to(actual.dtype), rtol=rtol, atol=atol, equal_nan=True)
 
 
+class AtenOps(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records every aten op run, as (name, numel of the largest tensor it returns) in `ops`, and the largest
+    such numel. Unlike TorchCalls it sees inside autograd's backward (a custom Function's too) and inside
+    composite ops such as einsum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest, self.ops = 0, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        numel = max((t.numel() for t in (out if isinstance(out, (tuple, list)) else (out,))
+                     if isinstance(t, torch.Tensor)), default=0)
+        self.ops.append((func.overloadpacket.__name__, numel))
+        self.largest = max(self.largest, numel)
+        return out
+
+
 class TorchCalls(torch.overrides.TorchFunctionMode):
     """Records the torch functions run inside it: (name, positional args) in `calls`, names in `names`."""
 

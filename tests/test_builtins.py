@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from lossdsl import builtins
+from tests.conftest import AtenOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from measure import peak_bytes  # the benchmarks' allocator-event peak
@@ -96,18 +96,6 @@ def test_torch_compile_does_not_unroll_the_ctc_recursion() -> None:
     assert traced_ops(40) == traced_ops(10) < 10
 
 
-class _CountCalls(TorchDispatchMode):
-    """Counts the ATen calls made while active (views and in-place ops included)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.calls += 1
-        return func(*args, **(kwargs or {}))
-
-
 def test_ctc_frame_costs_few_torch_calls() -> None:
     """Below ASR batch sizes a frame's cost is the number of torch calls it makes, not its arithmetic
     (T = 400, N = 16: 81 ms against torch's 25 with the 75 calls a frame of shifted copies). Forward and
@@ -116,9 +104,9 @@ def test_ctc_frame_costs_few_torch_calls() -> None:
     def calls(steps: int) -> int:
         log_probs = torch.log_softmax(torch.randn(steps, 3, 5), 2).requires_grad_()
         targets, target_lengths = torch.randint(1, 5, (3, 4)), torch.tensor([4, 2, 3])
-        with _CountCalls() as count:
+        with AtenOps() as seen:
             nll = builtins.ctc_nll(log_probs, targets, torch.full((3,), steps), target_lengths, blank=0)
             torch.autograd.grad(nll.sum(), log_probs)
-        return count.calls
+        return len(seen.ops)
 
     assert (calls(40) - calls(20)) / 20 <= 12

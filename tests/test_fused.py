@@ -8,6 +8,7 @@ import torch
 import lossdsl
 import lossdsl.stdlib
 from lossdsl.fused import build_fused
+from tests.conftest import AtenOps
 
 CE = "loss ce(x[n, c]: logits, y[n]: index(c)):\n    -log_softmax_c(x)[n, y]"
 CASES = {
@@ -146,29 +147,13 @@ def test_losses_without_a_symbolic_gradient_stay_in_autograd_mode():
 
 
 # ---- what the backward allocates and runs (seen at the aten level, inside einsum too)
-class _Ops(torch.utils._python_dispatch.TorchDispatchMode):
-    """Records every aten op run and the largest tensor any of them returns."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.largest, self.ops = 0, []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        numel = max((t.numel() for t in (out if isinstance(out, (tuple, list)) else (out,))
-                     if isinstance(t, torch.Tensor)), default=0)
-        self.ops.append((func.overloadpacket.__name__, numel))
-        self.largest = max(self.largest, numel)
-        return out
-
-
-def _backward_ops(module: torch.nn.Module, args: list[torch.Tensor]) -> _Ops:
+def _backward_ops(module: torch.nn.Module, args: list[torch.Tensor]) -> AtenOps:
     leaves = [a.clone().requires_grad_(a.is_floating_point()) for a in args]
     out = module(*leaves)
     out.backward()  # once untraced: the backward class is generated on first use
     leaves = [a.clone().requires_grad_(a.is_floating_point()) for a in args]
     out = module(*leaves)
-    with _Ops() as ops:
+    with AtenOps() as ops:
         out.backward()
     return ops
 
