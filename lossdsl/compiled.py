@@ -36,7 +36,6 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 from torch.utils.checkpoint import CheckpointPolicy
 
 from . import fused, ir
-from .api import BACKWARDS as BACKWARDS  # re-exported: compiled mode's choices
 from .api import check_backward
 
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import lossdsl
 from lossdsl import compiled
+from lossdsl.api import BACKWARDS
 from tests.conftest import generated_globals
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -281,7 +282,7 @@ def test_specializer_leaves_shaped_and_learnable_parameters() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backward", compiled.BACKWARDS)
+@pytest.mark.parametrize("backward", BACKWARDS)
 def test_compiled_follows_a_changed_parameter(backward: str, cache_dir) -> None:
     """One torch.compile per value: ~20-40 s on 2 cores with a cold Inductor cache. The symbolic backward
     follows too: its forward and gradient are regenerated with the new value written in (fused.retarget).
@@ -400,7 +401,7 @@ def test_backward_is_compiled_modes_choice_only(mode: str) -> None:
         lossdsl.stdlib.focal_loss(mode=mode, backward="autograd")
 
 
-@pytest.mark.parametrize("backward", [None, *compiled.BACKWARDS])
+@pytest.mark.parametrize("backward", [None, *BACKWARDS])
 def test_backward_keyword_reaches_compiled_mode(backward: str | None) -> None:
     """Building is lazy (torch.compile runs on the first call), so this needs no compile."""
     fast = lossdsl.stdlib.focal_loss(mode="compiled", backward=backward)
