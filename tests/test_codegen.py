@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import lossdsl
-from tests.conftest import TorchCalls
+from tests.conftest import AtenOps, TorchCalls
 from tests.test_api import EXAMPLES, FOCAL
 
 SIMILARITY = """
@@ -308,7 +308,6 @@ def test_log_cosh_runs_as_a_generated_autograd_function() -> None:
     """ir.logcosh prints as a generated autograd.Function: forward its stable form, backward grad * tanh(a).
     Autograd through the form's clamp, sinh, powers and log1p is gone from eager mode's backward; the
     values, gradients (to +-1e4) and second derivative are log cosh's, against independent formulas."""
-    from tests.test_fused import _Ops
 
     source = lossdsl.stdlib.get("log_cosh_loss").to_source()
     assert "class _LogCosh(torch.autograd.Function):" in source and "_LogCosh.apply(t1)" in source
@@ -317,7 +316,7 @@ def test_log_cosh_runs_as_a_generated_autograd_function() -> None:
                      requires_grad=True)
     y = torch.zeros_like(x)
     out = module(x, y)
-    with _Ops() as ops:
+    with AtenOps() as ops:
         (g,) = torch.autograd.grad(out, x, create_graph=True)
     names = [name for name, _ in ops.ops]
     assert names.count("tanh") == 1 and "where" not in names and len(names) <= 8  # autograd: 20+ ops

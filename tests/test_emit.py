@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lossdsl
-from tests.conftest import TorchCalls, assert_close, grads
+from tests.conftest import AtenOps, TorchCalls, assert_close, grads
 
 D = torch.float64
 
@@ -244,13 +244,12 @@ def test_branch_with_a_call_check_stays_correct_when_emitted_eagerly() -> None:
 def test_products_combine_operands_with_fewer_axes_first() -> None:
     """beta * x[n, c, s] * u[n, c] / w[n, c]: the scale beta * u / w is formed over [n, c], then one multiply
     over [n, c, s] (three before: a fused Tversky backward held four such chains)."""
-    from tests.test_fused import _Ops
 
     module = lossdsl.compile("loss a(x[n, c, s], u[n, c], w[n, c]; beta = 2.0):\n    beta * x * u / w",
                              reduction="none")
     x, u = torch.randn(3, 4, 50, dtype=D, requires_grad=True), torch.randn(3, 4, dtype=D)
     w = torch.rand(3, 4, dtype=D) + 1
-    with _Ops() as ops:
+    with AtenOps() as ops:
         out = module(x, u, w)
     assert [op for op, numel in ops.ops if numel == x.numel()] == ["mul"]
     ref = 2 * x * u[..., None] / w[..., None]
@@ -261,12 +260,11 @@ def test_products_combine_operands_with_fewer_axes_first() -> None:
 def test_scalar_parameters_are_combined_before_the_full_size_inputs() -> None:
     """0.5 * y * total * logsigmoid(x) / pos_count (weighted_bce's first term, with inputs of undeclared
     shape) runs as one 0-d product and two full-size multiplies, not four full-size ones; same value."""
-    from tests.test_fused import _Ops
 
     module = lossdsl.compile("loss f(x, y; a = 3, b = 2):\n    0.5 * y * (a + b) * logsigmoid(x) / a\n",
                              reduction="none")
     x, y = torch.randn(64, dtype=D), torch.rand(64, dtype=D)
-    with _Ops() as ops:
+    with AtenOps() as ops:
         out = module(x, y)
     full = [name for name, numel in ops.ops if numel == 64 and name in ("mul", "div")]
     assert len(full) == 2, ops.ops
