@@ -24,7 +24,18 @@ import torch
 from . import ir
 from .codegen import _TMP, SourceBuilder, _free_temporaries, class_name, py_names
 from .emit import Emitter, V, _paren, signed_terms
-from .gradient import BATCH, GRAD_OUT, LSUM, NUMEL, WSUM, Gradient, _larger_than, derive, effective_reduction
+from .gradient import (
+    BATCH,
+    GRAD_OUT,
+    LSUM,
+    NUMEL,
+    WSUM,
+    Gradient,
+    _larger_than,
+    derive,
+    effective_reduction,
+    merge_sums,
+)
 from .scope import ELLIPSIS, free_indices, rename
 
 
@@ -290,13 +301,16 @@ def specialise(loss: ir.LossIR, values: dict[str, int | bool]) -> ir.LossIR:
 
 @functools.lru_cache(maxsize=128)
 def _vjp_class(loss_key: int, names: tuple[str, ...], reduction: str,
-               fixed: tuple[tuple[str, int | bool], ...] = ()) -> type[torch.nn.Module]:
+               fixed: tuple[tuple[str, int | bool], ...] = (), kernel: bool = False) -> type[torch.nn.Module]:
     """The backward for the inputs and parameters `names` (Python names, as the module spells them), with
-    the int and bool parameters `fixed` (user name, value)."""
+    the int and bool parameters `fixed` (user name, value). kernel: the form torch.compile is given, with
+    sums over one binder merged (gradient.merge_sums)."""
     loss = specialise(_LOSSES[loss_key], dict(fixed))
     red = effective_reduction(loss, reduction)
     user = {py: name for name, py in py_names(loss).items()}
     grads = [derive(loss, user[n], reduction, seed=vjp_seed(loss, red)) for n in names]
+    if kernel:
+        grads = [g if g.via_autograd else dataclasses.replace(g, expr=merge_sums(g.expr)) for g in grads]
     source = gradient_source(loss, grads, red, vjp=True)
     from .api import _build_class
 
@@ -332,7 +346,7 @@ class _Fused(torch.autograd.Function):
         names, want = [*module.input_names, *module._lossdsl_learnable], ctx.want
         grads = dict.fromkeys(names)
         if want:
-            cls = _backward_class(module, want)
+            cls = _backward_class(module, want, torch.compiler.is_compiling())
             device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
             with torch.autocast(device_type=device, enabled=False):
                 outs = cls.forward(module, *args[:n], grad_out=grad_out)
@@ -340,18 +354,19 @@ class _Fused(torch.autograd.Function):
         return (None, *(grads[nm] for nm in names))
 
 
-def _backward_class(module: torch.nn.Module, want: tuple[str, ...]) -> type[torch.nn.Module]:
+def _backward_class(module: torch.nn.Module, want: tuple[str, ...], kernel: bool) -> type[torch.nn.Module]:
     """The generated backward for `want`, from the module's own table when `prepare_backward` filled it:
     Dynamo traces a dict lookup, but not the lru_cache'd SymPy work of building one."""
-    key = _backward_key(module, want)
+    key = _backward_key(module, want, kernel)
     cls = getattr(module, "_lossdsl_vjp", {}).get(key)
     return cls if cls is not None else _built_backward(key)
 
 
-def _backward_key(module: torch.nn.Module, want: tuple[str, ...]) -> tuple:
-    """_vjp_class's arguments: the loss, the gradients wanted, the reduction and the int/bool parameters."""
+def _backward_key(module: torch.nn.Module, want: tuple[str, ...], kernel: bool) -> tuple:
+    """_vjp_class's arguments: the loss, the gradients wanted, the reduction, the int/bool parameters and
+    whether the backward is traced by torch.compile."""
     fixed = tuple((name, getattr(module, py)) for name, py in module._lossdsl_fixed)
-    return module._lossdsl_key, want, module.reduction, fixed
+    return module._lossdsl_key, want, module.reduction, fixed, kernel
 
 
 @torch.compiler.disable
@@ -377,7 +392,7 @@ def prepare_backward(module: torch.nn.Module, args: tuple, kwargs: dict) -> None
     inputs = [*args, *(kwargs.get(nm) for nm in module.input_names[len(args):])]
     want = _wanted(module, [*inputs, *(getattr(module, nm) for nm in module._lossdsl_learnable)])
     if want:
-        key = _backward_key(module, want)
+        key = _backward_key(module, want, kernel=True)
         table = module.__dict__.setdefault("_lossdsl_vjp", {})
         if key not in table:
             table[key] = _vjp_class(*key)

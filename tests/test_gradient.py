@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, example, given, settings
 
 import lossdsl
 import lossdsl.stdlib
-from lossdsl import ir
+from lossdsl import gradient, ir
 from lossdsl.api import STDLIB_DIR, _build_class
 from lossdsl.codegen import class_name
 from lossdsl.fused import differentiable
@@ -309,3 +309,24 @@ def test_argmax_mask_reads_as_written_and_finds_its_ties() -> None:
     assert f"[{body} == max_{{c}}({body})]" in str(g)
     assert r"\left[\sin{\left({x}_{n,c} \right)} - {w}_{n}" in g.latex()
     assert_matches_autograd(loss)
+
+
+def _sibling_sums(adds: list[sp.Basic]) -> list[tuple]:
+    """(binder, condition) of each sum that shares its binder with another term of the same Add."""
+    found = []
+    for add in adds:
+        keys = [(f.args[1], f.cond) for t in sp.Add.make_args(add) for f in sp.Mul.make_args(t)
+                if isinstance(f, ir.Sum_)]
+        found += [k for k in keys if keys.count(k) > 1]
+    return found
+
+
+def test_merge_sums_joins_elementwise_sums_and_leaves_matmul_shaped_ones_apart() -> None:
+    """multilabel margin's gradient is two sums over a class binder, each of an [n, c, c] body: merged
+    into one (compiled mode's kernel form). info_nce's d/dq sums over j are products of [i, j] and [j, d]
+    factors, einsums that merged would be an [i, j, d] temporary: kept apart."""
+    multilabel = lossdsl.stdlib.get("multilabel_margin_loss").grad("input").expr
+    merged = gradient.merge_sums(multilabel)
+    assert len(_sibling_sums([multilabel])) == 2 and not _sibling_sums([merged])
+    info = lossdsl.stdlib.get("info_nce").grad("q").expr
+    assert _sibling_sums(list(info.atoms(sp.Add))) and gradient.merge_sums(info) == info
