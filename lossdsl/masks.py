@@ -26,6 +26,7 @@ def one_hot(f: sp.Basic) -> tuple[sp.Symbol, sp.Indexed] | None:
 SCAN = {"sum": "torch.cumsum({t}, dim={d})", "prod": "torch.cumprod({t}, dim={d})",
         "max": "torch.cummax({t}, dim={d}).values", "min": "torch.cummin({t}, dim={d}).values",
         "logsumexp": "torch.logcumsumexp({t}, dim={d})"}
+ALL_SCAN = "_prefix_all({t}, {d})"  # the prod of a 0/1 bracket: a cumprod, fusible under torch.compile
 
 
 def triangle(cond: sp.Basic, m: sp.Symbol) -> tuple[sp.Symbol, bool] | None:
@@ -133,8 +134,7 @@ class MaskLowering:
         layout = tuple(k if lab == i else lab for lab in out)
         laid = [f"{self.align(v, layout)}.expand({self.sizes(layout)})" if v.labels != layout else v.code
                 for v in (index, val)]
-        return self.tmp(f"torch.zeros({self.sizes(out)}, dtype=_dt, device=_dev)"
-                        f".scatter_add_({out.index(i)}, {laid[0]}, {laid[1]})", out)
+        return self.tmp(f"_scatter_sum(({self.sizes(out)},), {out.index(i)}, {laid[0]}, {laid[1]})", out)
 
     # ---- triangles: op_{m <= k}(f[m]) is an [.., k, m] masked reduction as written; a scan reads f once
     def try_scan(self, e: ir._Reduction) -> V | None:
@@ -162,7 +162,8 @@ class MaskLowering:
             return None
         d = self.dims(v, [m])
         t = f"{v.code}.to(_dt)" + (f".flip({d})" if suffix else "")
-        code = SCAN[e.op].format(t=t, d=d) + (f".flip({d})" if suffix else "")
+        scan = ALL_SCAN if e.op == "prod" and _indicator(body) is not None else SCAN[e.op]
+        code = scan.format(t=t, d=d) + (f".flip({d})" if suffix else "")
         return self.tmp(code, tuple(k if lab == m else lab for lab in v.labels))
 
     # ---- ranks: sum_m([v[m] < v[n]] + [m < n and v[m] == v[n]]) counts, for each n, the elements a stable

@@ -335,3 +335,35 @@ def test_log_cosh_per_sample_gradients_through_torch_func() -> None:
     x, y = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
     per_sample = torch.func.vmap(torch.func.grad(lambda a, b: module(a, b)))(x, y)
     torch.testing.assert_close(per_sample, torch.tanh(x - y) / 3, rtol=1e-14, atol=0)
+
+
+def _prelude() -> dict:
+    namespace: dict = {}
+    exec(compile(lossdsl.codegen.PRELUDE, "<prelude>", "exec"), namespace)  # our own generated prelude
+    return namespace
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_prefix_all_and_scatter_sum_compiled_equal_their_eager_forms(dim: int) -> None:
+    """Under torch.compile _prefix_all is a compare with the first 0's position and _scatter_sum a dense
+    sum over the index's slots; both give cumprod's and scatter_add_'s values (random 0/1 masks with
+    zeros anywhere, all-ones and all-zeros rows; indices repeated within a row)."""
+    ns = _prelude()
+    gen = torch.Generator().manual_seed(dim + 7)
+    mask = (torch.rand(6, 5, 4, generator=gen) > 0.3).double()
+    mask[0], mask[1] = 1.0, 0.0
+    index = torch.randint(0, 3, (6, 5, 4), generator=gen)
+    src = torch.randn(6, 5, 4, generator=gen, dtype=torch.float64)
+    size = list(src.shape)
+    size[dim] = 3
+
+    def both(m, i, s):
+        return ns["_prefix_all"](m, dim), ns["_scatter_sum"](tuple(size), dim, i, s)
+
+    want = (torch.cumprod(mask, dim), torch.zeros(size, dtype=torch.float64).scatter_add_(dim, index, src))
+    torch._dynamo.reset()
+    got = torch.compile(both, fullgraph=True)(mask, index, src)
+    assert torch.equal(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1], rtol=1e-14, atol=1e-14)
+    assert torch.equal(both(mask, index, src)[0], want[0])  # eagerly: the library calls themselves

@@ -416,3 +416,23 @@ def test_each_fused_class_has_its_own_forward_code() -> None:
     assert type(a).forward.__code__ is not type(b).forward.__code__
     x, y = torch.randn(4, requires_grad=True), torch.randn(4)
     torch.testing.assert_close(a(x, y), F.mse_loss(x, y))
+
+
+@pytest.mark.slow
+def test_compiled_symbolic_multilabel_margin_holds_the_gradient_and_the_target_mask() -> None:
+    """torch's multilabel_margin_loss holds its gradient and a float is_target, 2 buffers of the input's
+    size. The compiled symbolic step held 4.1: cumprod's input and output and scatter_add's int64 index in
+    the forward, two reductions' outputs beside the gradient in the backward. With _prefix_all,
+    _scatter_sum and merged sums it is one kernel each way, saving is_target: 2 buffers and a quarter
+    (the first-0 position and the loss's per-row sums, [n] each)."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(4096, 8, generator=gen, requires_grad=True)
+    listed = torch.rand(4096, 8, generator=gen).argsort(dim=1)
+    target = torch.where(torch.arange(8) < torch.randint(1, 5, (4096, 1), generator=gen), listed, -1)
+    fast = lossdsl.stdlib.multilabel_margin_loss(mode="compiled", backward="symbolic")
+    out, ref = fast(x, target), F.multilabel_margin_loss(x, target)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(torch.autograd.grad(out, x)[0], torch.autograd.grad(ref, x)[0])
+    peak = peak_bytes(lambda: torch.autograd.grad(fast(x, target), x), torch.device("cpu"))
+    one_buffer = x.numel() * x.element_size()
+    assert peak <= 2.25 * one_buffer + 16 * 1024, peak / one_buffer
