@@ -49,7 +49,7 @@ def ctc_nll(log_probs: Tensor, targets: Tensor, input_lengths: Tensor, target_le
     57-105 s to compile at T = 32-64 (ctc_loss in benchmarks/run.py), grows with T, and is paid again for
     every new T because shapes are static, i.e. for nearly every batch of variable-length speech. Outside
     the graph it costs what eager mode costs, about torch's own ctc_loss."""
-    if _compiling():
+    if compiling():
         return _ctc_nll_outside_graph(log_probs, targets, input_lengths, target_lengths, blank)
     return _ctc_nll(log_probs, targets, input_lengths, target_lengths, blank)
 
@@ -197,7 +197,7 @@ def _end_states(target_lengths: Tensor, used: Tensor, like: Tensor) -> Tensor:
 
 
 _ctc_nll_outside_graph = torch.compiler.disable(_ctc_nll)
-_compiling = getattr(torch.compiler, "is_compiling", None) or (lambda: False)  # torch >= 2.3; older: eager
+compiling = getattr(torch.compiler, "is_compiling", None) or (lambda: False)  # torch >= 2.3; older: eager
 
 
 def _ahead(x: Tensor, k: int, fill: float | bool = float("-inf")) -> Tensor:

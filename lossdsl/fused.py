@@ -22,6 +22,7 @@ import sympy as sp
 import torch
 
 from . import ir
+from .builtins import compiling
 from .codegen import _TMP, SourceBuilder, _free_temporaries, class_name, py_names
 from .emit import Emitter, V, _paren, signed_terms
 from .gradient import (
@@ -346,7 +347,7 @@ class _Fused(torch.autograd.Function):
         names, want = [*module.input_names, *module._lossdsl_learnable], ctx.want
         grads = dict.fromkeys(names)
         if want:
-            cls = _backward_class(module, want, torch.compiler.is_compiling())
+            cls = _backward_class(module, want, compiling())
             device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
             with torch.autocast(device_type=device, enabled=False):
                 outs = cls.forward(module, *args[:n], grad_out=grad_out)
