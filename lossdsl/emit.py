@@ -43,8 +43,8 @@ class Node:
 
     name: str
     form: Callable[[sp.Expr], sp.Expr]
-    kernel_form: Callable[[sp.Expr], sp.Expr]
-    kernel_derivative: Callable[[sp.Expr], sp.Expr]
+    kernel_form: Callable[[sp.Expr, int], sp.Expr]  # (a, significand bits): the kernel form sized for a dtype
+    kernel_derivative: Callable[[sp.Expr, int], sp.Expr]
 
 
 NODES: dict[type, Node] = {ir.logcosh: Node("_LogCosh", log_cosh_form, log_cosh_kernel_form, tanh_kernel_form)}

@@ -38,6 +38,7 @@ from .gradient import (
     merge_sums,
 )
 from .scope import ELLIPSIS, free_indices, rename
+from .stable import with_kernel_functions
 
 
 class GradEmitter(Emitter):
@@ -302,16 +303,18 @@ def specialise(loss: ir.LossIR, values: dict[str, int | bool]) -> ir.LossIR:
 
 @functools.lru_cache(maxsize=128)
 def _vjp_class(loss_key: int, names: tuple[str, ...], reduction: str,
-               fixed: tuple[tuple[str, int | bool], ...] = (), kernel: bool = False) -> type[torch.nn.Module]:
+               fixed: tuple[tuple[str, int | bool], ...] = (), kernel: int | None = None) -> type[torch.nn.Module]:
     """The backward for the inputs and parameters `names` (Python names, as the module spells them), with
-    the int and bool parameters `fixed` (user name, value). kernel: the form torch.compile is given, with
-    sums over one binder merged (gradient.merge_sums)."""
+    the int and bool parameters `fixed` (user name, value). kernel: None eagerly; under torch.compile the
+    significand bits of the compute dtype (kernel_bits), for the form torch.compile is given: sums over one
+    binder merged (gradient.merge_sums) and tanh by its arithmetic form (stable.with_kernel_functions)."""
     loss = specialise(_LOSSES[loss_key], dict(fixed))
     red = effective_reduction(loss, reduction)
     user = {py: name for name, py in py_names(loss).items()}
     grads = [derive(loss, user[n], reduction, seed=vjp_seed(loss, red)) for n in names]
     if kernel:
-        grads = [g if g.via_autograd else dataclasses.replace(g, expr=merge_sums(g.expr)) for g in grads]
+        grads = [g if g.via_autograd else dataclasses.replace(g, expr=with_kernel_functions(merge_sums(g.expr),
+                                                                                            kernel)) for g in grads]
     source = gradient_source(loss, grads, red, vjp=True)
     from .api import _build_class
 
@@ -347,7 +350,7 @@ class _Fused(torch.autograd.Function):
         names, want = [*module.input_names, *module._lossdsl_learnable], ctx.want
         grads = dict.fromkeys(names)
         if want:
-            cls = _backward_class(module, want, compiling())
+            cls = _backward_class(module, want, kernel_bits(args) if compiling() else None)
             device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
             with torch.autocast(device_type=device, enabled=False):
                 outs = cls.forward(module, *args[:n], grad_out=grad_out)
@@ -355,7 +358,16 @@ class _Fused(torch.autograd.Function):
         return (None, *(grads[nm] for nm in names))
 
 
-def _backward_class(module: torch.nn.Module, want: tuple[str, ...], kernel: bool) -> type[torch.nn.Module]:
+def kernel_bits(values: list) -> int:
+    """The significand bits of the dtype a generated module computes these inputs in: 53 when the promoted
+    floating dtype (the default dtype when none is floating) is float64, else 24 (float16 and bfloat16 are
+    computed in float32)."""
+    floats = [v.dtype for v in values if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    dtype = functools.reduce(torch.promote_types, floats) if floats else torch.get_default_dtype()
+    return 53 if dtype == torch.float64 else 24
+
+
+def _backward_class(module: torch.nn.Module, want: tuple[str, ...], kernel: int | None) -> type[torch.nn.Module]:
     """The generated backward for `want`, from the module's own table when `prepare_backward` filled it:
     Dynamo traces a dict lookup, but not the lru_cache'd SymPy work of building one."""
     key = _backward_key(module, want, kernel)
@@ -363,9 +375,9 @@ def _backward_class(module: torch.nn.Module, want: tuple[str, ...], kernel: bool
     return cls if cls is not None else _built_backward(key)
 
 
-def _backward_key(module: torch.nn.Module, want: tuple[str, ...], kernel: bool) -> tuple:
-    """_vjp_class's arguments: the loss, the gradients wanted, the reduction, the int/bool parameters and
-    whether the backward is traced by torch.compile."""
+def _backward_key(module: torch.nn.Module, want: tuple[str, ...], kernel: int | None) -> tuple:
+    """_vjp_class's arguments: the loss, the gradients wanted, the reduction, the int/bool parameters and,
+    when the backward is traced by torch.compile, the compute dtype's significand bits."""
     fixed = tuple((name, getattr(module, py)) for name, py in module._lossdsl_fixed)
     return module._lossdsl_key, want, module.reduction, fixed, kernel
 
@@ -393,7 +405,7 @@ def prepare_backward(module: torch.nn.Module, args: tuple, kwargs: dict) -> None
     inputs = [*args, *(kwargs.get(nm) for nm in module.input_names[len(args):])]
     want = _wanted(module, [*inputs, *(getattr(module, nm) for nm in module._lossdsl_learnable)])
     if want:
-        key = _backward_key(module, want, kernel=True)
+        key = _backward_key(module, want, kernel_bits(inputs))
         table = module.__dict__.setdefault("_lossdsl_vjp", {})
         if key not in table:
             table[key] = _vjp_class(*key)

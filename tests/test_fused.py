@@ -354,11 +354,12 @@ def test_log_cosh_backward_is_one_tanh_and_exact_at_extremes():
 
 
 @pytest.mark.parametrize("name", ["multilabel_margin_loss", "dice_loss", "tversky_loss", "jaccard_loss",
-                                  "combo_loss"])
+                                  "combo_loss", "log_cosh_loss"])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_kernel_form_backward_equals_the_eager_form(name, reduction):
-    """Compiled mode's backward merges sums over one binder (gradient.merge_sums); run eagerly in
-    float64, it returns the eager form's gradients. These are the stdlib losses it changes."""
+    """Compiled mode's backward merges sums over one binder (gradient.merge_sums) and spells tanh by its
+    arithmetic form (stable.with_kernel_functions); run eagerly in float64, it returns the eager form's
+    gradients. These are the stdlib losses it changes."""
     from lossdsl.fused import _backward_class, _wanted
     from lossdsl.strategies import sample_inputs
 
@@ -370,8 +371,24 @@ def test_kernel_form_backward_equals_the_eager_form(name, reduction):
     with torch.no_grad():
         out = module(*args)
     seed = torch.linspace(0.5, 1.5, out.numel(), dtype=torch.float64).reshape(out.shape)
-    kernel, eager = (_backward_class(module, want, kernel=k) for k in (True, False))
+    kernel, eager = (_backward_class(module, want, kernel=k) for k in (53, None))
     assert kernel.__lossdsl_source__ != eager.__lossdsl_source__
     for a, b in zip(kernel.forward(module, *args, grad_out=seed), eager.forward(module, *args, grad_out=seed),
                     strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_kernel_backward_of_log_cosh_is_sized_for_float32():
+    """The float32 kernel backward (24 bits: shorter polynomials than float64's) is tanh within 2 ulp, from
+    0 through both sides of the 1/2 switch to saturation, and prints no torch.tanh (Inductor's costs
+    three times the form on CPU)."""
+    from lossdsl.fused import _backward_class
+
+    module = lossdsl.stdlib.get("log_cosh_loss").compile(mode="fused", reduction="sum")
+    e = torch.cat([torch.logspace(-20, 1.3, 2000), -torch.linspace(0.3, 0.7, 801)])
+    single, double = (_backward_class(module, ("x",), kernel=k) for k in (24, 53))
+    assert "torch.tanh" not in single.__lossdsl_source__
+    assert single.__lossdsl_source__.count(" + ") < double.__lossdsl_source__.count(" + ")
+    grad, = single.forward(module, e, torch.zeros_like(e), grad_out=torch.tensor(1.0))
+    want = torch.tanh(e.double())
+    assert ((grad.double() - want).abs() <= 2 * torch.finfo(torch.float32).eps * want.abs()).all()
