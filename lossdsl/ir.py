@@ -39,7 +39,7 @@ class logsigmoid(sp.Function):  # noqa: N801
 
 class logcosh(sp.Function):  # noqa: N801
     """log(cosh(a)), as the log_cosh rewrite leaves it: a node of its own because its derivative is tanh(a),
-    while its stable form (stable.log_cosh_form: an expm1, a log1p and two branches) differentiates into 25
+    while its stable form (stable.log_cosh_form: a clamp, a sinh and a log1p) differentiates into 25
     times as much text and as many full-size temporaries. Generated code evaluates the form in an
     autograd.Function whose backward is the tanh (emit.NODES)."""
 

@@ -12,7 +12,7 @@ import lossdsl
 from tests.conftest import generated_globals
 
 POINTS = torch.cat([torch.logspace(-30, 1.5, 4000, dtype=torch.float64),
-                    torch.linspace(0.3, 1.2, 3001, dtype=torch.float64),  # both sides of the 1/2 switch
+                    torch.linspace(0.3, 1.2, 3001, dtype=torch.float64),  # both sides of the 1/2 and 3/4 switches
                     torch.linspace(19.0, 21.0, 501, dtype=torch.float64),  # both sides of the eager clamp
                     -torch.logspace(-8, 1, 500, dtype=torch.float64)])
 
