@@ -429,10 +429,24 @@ def test_compiled_symbolic_multilabel_margin_holds_the_gradient_and_the_target_m
     x = torch.randn(4096, 8, generator=gen, requires_grad=True)
     listed = torch.rand(4096, 8, generator=gen).argsort(dim=1)
     target = torch.where(torch.arange(8) < torch.randint(1, 5, (4096, 1), generator=gen), listed, -1)
-    fast = lossdsl.stdlib.multilabel_margin_loss(mode="compiled", backward="symbolic")
+    fast = lossdsl.stdlib.multilabel_margin_loss(mode="compiled")  # symbolic: compiled.default_backward
     out, ref = fast(x, target), F.multilabel_margin_loss(x, target)
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(torch.autograd.grad(out, x)[0], torch.autograd.grad(ref, x)[0])
     peak = peak_bytes(lambda: torch.autograd.grad(fast(x, target), x), torch.device("cpu"))
     one_buffer = x.numel() * x.element_size()
     assert peak <= 2.25 * one_buffer + 16 * 1024, peak / one_buffer
+
+
+def test_pairwise_reductions_default_to_the_symbolic_backward() -> None:
+    """compiled.default_backward: a reduction whose body is wider than every input (a sum over pairs) gets
+    the symbolic backward when none is asked for; one-binder sums of products (einsums, info_nce's
+    similarity matrix) and everything else in the stdlib keep autograd's. Lazy building: no compile."""
+    pairwise = lossdsl.stdlib.multilabel_margin_loss(mode="compiled")
+    assert pairwise.compile_options["backward"] == "symbolic" and "backward_reason" in pairwise.compile_options
+    asked = lossdsl.stdlib.multilabel_margin_loss(mode="compiled", backward="autograd")
+    assert asked.compile_options["backward"] == "autograd" and "backward_reason" not in asked.compile_options
+    ranking = lossdsl.compile("loss rank(s[i]):\n    mean_{i, j}(relu(1 - s[i] + s[j]))", mode="compiled")
+    assert ranking.compile_options["backward"] == "symbolic"
+    picked = [n for n in lossdsl.stdlib.names() if compiled.default_backward(lossdsl.stdlib.get(n).ir) == "symbolic"]
+    assert picked == ["multilabel_margin_loss"]
