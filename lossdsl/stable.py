@@ -116,6 +116,14 @@ def log1p_small(z: sp.Expr, z_max: sp.Rational, bits: int) -> sp.Expr:
     return sp.Mul(2, s, series(square, lambda k: sp.Rational(1, 2 * k + 1), s_max ** 2, bits), evaluate=False)
 
 
+def far_exp(mag: sp.Expr) -> sp.Expr:
+    """exp(-2 min(|a|, COSH_CLAMP)): past the clamp, exp(-2|a|) is below half an ulp of what it is added to
+    in float64, and unclamped it and its square in log1p_small become subnormal in float32 (|a| of 21-26 and
+    44-51), which this CPU computes with microcode: compiled log_cosh_loss, 4M float32, 8.2 ms for errors of
+    N(0, 2), 11.5 ms for errors in [21, 26] and 18.6 ms in [44, 51] before the clamp."""
+    return sp.exp(-2 * sp.Min(mag, COSH_CLAMP))
+
+
 def log_cosh_kernel_form(a: sp.Expr, bits: int) -> sp.Expr:
     """log(cosh(a)) for one compiled kernel (torch.compile), where each transcendental and each multiply-add
     counts (Inductor CPU, 4M float32: exp ~1 ms, log1p ~3 ms, a multiply-add ~0.12 ms): one exp, one
@@ -126,7 +134,7 @@ def log_cosh_kernel_form(a: sp.Expr, bits: int) -> sp.Expr:
     mag = sp.Abs(a)
     near = mag < LOG_COSH_SWITCH
     z_max = sp.Rational(max(sp.cosh(LOG_COSH_SWITCH) - 1, sp.exp(-2 * LOG_COSH_SWITCH)).evalf(30))
-    z = sp.Piecewise((cosh_minus_one(a ** 2, LOG_COSH_SWITCH ** 2, bits), near), (sp.exp(-2 * mag), True))
+    z = sp.Piecewise((cosh_minus_one(a ** 2, LOG_COSH_SWITCH ** 2, bits), near), (far_exp(mag), True))
     return log1p_small(z, z_max, bits) + sp.Piecewise((0, near), (mag - sp.log(2), True))
 
 
@@ -136,7 +144,7 @@ def tanh_kernel_form(a: sp.Expr, bits: int) -> sp.Expr:
     (1 - u > 0.63: no cancellation), one division for both; the sign of a restored."""
     mag, q = sp.Abs(a), a ** 2
     near = mag < TANH_SWITCH
-    u = sp.exp(-2 * mag)
+    u = far_exp(mag)
     sinh = mag * series(q, lambda k: sp.Rational(1, sp.factorial(2 * k + 1)), TANH_SWITCH ** 2, bits)
     cosh = 1 + sp.Piecewise((cosh_minus_one(q, TANH_SWITCH ** 2, bits), near), (u, True))  # 1 + where: SymPy
     return sp.sign(a) * sp.Piecewise((sinh, near), (1 - u, True)) / cosh  # folds 1 / where into two divisions
