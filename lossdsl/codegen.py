@@ -738,17 +738,18 @@ def node_class(node: type) -> str:
     return "\n".join([
         "", f"class {spec.name}(torch.autograd.Function):", f"    {doc!r}", "",
         "    generate_vmap_rule = True  # torch.func.vmap(grad(loss)): per-sample gradients", "", "    @staticmethod",
-        "    def forward(a):", *_either(spec.kernel_form, a, spec.form(a)), "", "    @staticmethod",
+        "    def forward(a):", *_either(lambda bits: spec.kernel_form(a, bits), spec.form(a)), "", "    @staticmethod",
         "    def setup_context(ctx, inputs, output):", "        ctx.save_for_backward(inputs[0])", "",
         "    @staticmethod", "    def backward(ctx, grad):", "        a, = ctx.saved_tensors",
-        *_either(lambda x, bits: grad * spec.kernel_derivative(x, bits), a, grad * derivative)])
+        *_either(lambda bits: grad * spec.kernel_derivative(a, bits), grad * derivative)])
 
 
-def _either(kernel: Callable[[sp.Expr, int], sp.Expr], a: sp.Symbol, eager: sp.Expr) -> list[str]:
-    """The eager spelling, and under torch.compile the kernel one sized for float64 or for float32 (which
-    float16 and bfloat16 are computed in): Dynamo specialises on the dtype, so the test costs nothing."""
-    return ["        if _compiling():", "            if a.dtype == torch.float64:", *_node_body(kernel(a, 53), 16),
-            *_node_body(kernel(a, 24), 12), *_node_body(eager, 8)]
+def _either(kernel: Callable[[int], sp.Expr], eager: sp.Expr) -> list[str]:
+    """The eager spelling, and under torch.compile the kernel one for a dtype's significand bits, float64's
+    or float32's (which float16 and bfloat16 are computed in): Dynamo specialises on the dtype, so the test
+    costs nothing."""
+    return ["        if _compiling():", "            if a.dtype == torch.float64:", *_node_body(kernel(53), 16),
+            *_node_body(kernel(24), 12), *_node_body(eager, 8)]
 
 
 def _node_body(e: sp.Expr, indent: int) -> list[str]:
