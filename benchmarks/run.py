@@ -38,8 +38,9 @@ SIZES = {"small": 1 << 12, "large": 1 << 22}
 def elements(size: str) -> int:
     """A size name of SIZES, or an element count such as 1e8 (the GPU target's size)."""
     return SIZES[size] if size in SIZES else int(float(size))
-MODES = ("eager", "fused", "compiled", "compiled_sym")
-COMPILED = {"compiled": "autograd", "compiled_sym": "symbolic"}  # compiled.build's backward, by mode name
+MODES = ("eager", "fused", "compiled", "compiled_sym", "compiled_fwd")
+# compiled.build's backward, by mode name
+COMPILED = {"compiled": "autograd", "compiled_sym": "symbolic", "compiled_fwd": "in_forward"}
 RECOMPUTE = "masks"  # compiled.build's recompute policy, set by --recompute (one per process: Dynamo shares
 # compiled code between modules of one class, so two policies in one process would mix)
 SWEEP = ("mse_loss", "sigmoid_focal_loss", "cross_entropy")

@@ -114,8 +114,9 @@ class Loss:
         """Build the nn.Module with the given parameter values (and sizes of axes no input fixes).
 
         mode: "eager" (the generated module), "fused" or "compiled" (see `build_mode`). backward, for
-        mode="compiled" only: "autograd" (default), "symbolic", or "auto" (both compiled, the faster on the
-        first call's inputs kept: lossdsl.autobackward); the other modes have one backward each, so naming
+        mode="compiled" only: "autograd" (default), "symbolic", "in_forward" (the gradient computed
+        by the forward kernel: lossdsl.grad_in_forward), or "auto" (autograd and symbolic both compiled, the
+        faster on the first call's inputs kept: lossdsl.autobackward); the other modes have one backward each, so naming
         one there is an error."""
         known = {p.name: p for p in self.parameters}
         sizes = self.axis_keywords()
@@ -138,7 +139,7 @@ class Loss:
 
 
 MODES = ("eager", "fused", "compiled")
-BACKWARDS = ("autograd", "symbolic", "auto")  # compiled mode's backwards (lossdsl.compiled.build)
+BACKWARDS = ("autograd", "symbolic", "in_forward", "auto")  # compiled mode's backwards (lossdsl.compiled.build)
 
 
 def _check_mode(mode: str, backward: str | None) -> None:

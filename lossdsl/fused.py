@@ -440,7 +440,7 @@ def _fused_class(base: type[torch.nn.Module], key: int) -> type[torch.nn.Module]
         if any(isinstance(getattr(self, nm), torch.nn.parameter.UninitializedParameter) for nm in learnable):
             with torch.no_grad():  # the first call sizes lazily shaped parameters
                 base.forward(self, *inputs)
-        out = _Fused.apply(self, *inputs, *(getattr(self, nm) for nm in learnable))
+        out = self._lossdsl_function.apply(self, *inputs, *(getattr(self, nm) for nm in learnable))
         if isinstance(out, tuple):  # traced by torch.compile: the range checks' flag
             out, bad = out
             if bad:
@@ -449,7 +449,7 @@ def _fused_class(base: type[torch.nn.Module], key: int) -> type[torch.nn.Module]
 
     return type(f"{base.__name__}Fused", (base,), {
         "forward": _own_code(forward, f"forward_{base.__name__}"), "_lossdsl_eager_forward": _lean_forward(key),
-        "_lossdsl_learnable": learnable,
+        "_lossdsl_learnable": learnable, "_lossdsl_function": _Fused,
         "_lossdsl_kinds": kinds, "_lossdsl_flag_out": True,
         "_lossdsl_fixed": tuple((p.name, py[p.name]) for p in loss.params if p.type in ("int", "bool")),
         "_lossdsl_key": key, "__doc__": base.__doc__})

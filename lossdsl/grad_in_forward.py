@@ -1,0 +1,111 @@
+"""compiled mode's backward="in_forward": the forward kernel writes the loss's gradient as it computes the loss.
+
+Why: a scalar loss's gradient with respect to an input is (its gradient for grad_out = 1) x grad_out, and a
+training step calls backward() right after the loss. Computed in the forward, by the one compiled kernel
+that reads the inputs for the loss anyway, the gradient costs no second read of the inputs and shares the
+loss's own subterms (log-cosh's exp(-2|e|) is both its value and its tanh); the backward only scales it by
+grad_out, and returns it as it is when grad_out is 1 on the CPU (`loss.backward()`). Liger-Kernel's fused
+linear cross-entropy computes its gradient in the forward for the same reason.
+
+What it costs: with grad mode on and an input requiring grad, the forward also writes the gradients, which
+then live until the backward (they would be allocated there anyway; a loss is the last op of a step); under
+torch.no_grad() or with no input requiring grad it computes the loss alone. The first backward takes the
+gradients over (no copy, nothing aliased later); a second one (retain_graph=True) and a backward that
+builds a graph (create_graph=True, double backward) run fused mode's symbolic backward from the saved
+inputs instead.
+
+Applies to losses with a symbolic gradient and a reduced output (reduction "mean", "sum", "batchmean" or a
+weighted mean); compiled.build falls back to backward="symbolic" otherwise and says so.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import fused, ir
+from .gradient import effective_reduction
+
+
+def applies(loss_ir: ir.LossIR, reduction: str | None) -> bool:
+    """Whether the module's output is reduced to a scalar, whose backward seed is one number. (With
+    reduction="none" a loss can still be a scalar, when its body sums everything; left out, conservatively.)"""
+    return effective_reduction(loss_ir, reduction) != "none"
+
+
+def install(module: torch.nn.Module, dynamic: bool | None) -> None:
+    """Makes a fused module compute its gradients in the forward, through a torch.compile'd function of its
+    own: its own code object, since torch.compile keeps at most recompile_limit (8) graphs per code object
+    and each module instance would add its own (see fused._own_code). Inductor's reorder_for_locality
+    is off for it: that pass moves each node next to its first use, which put the gradients (used by
+    the graph's output only) after the loss and undid the order _loss_and_grads writes them in."""
+    name = f"in_forward_{type(module).__name__}_{id(module):x}"
+    module._lossdsl_run = torch.compile(fused._own_code(_loss_and_grads, name), dynamic=dynamic,
+                                        options={"reorder_for_locality": False})
+    module._lossdsl_function = _InForward
+
+
+def _loss_and_grads(module: torch.nn.Module, want: tuple[str, ...], *inputs: torch.Tensor):
+    """The loss and, for each name in `want`, its gradient for grad_out = 1, as one graph. The gradients come
+    first: Inductor's CPU scheduler fuses a pointwise node into a later reduction over the same elements
+    (one loop, each input read once), not a reduction into a later pointwise node (two loops: MSE at 4M
+    float32 read its inputs twice). The loss is (value, flag) while compiled (codegen._raise_late)."""
+    grads = ()
+    if want:
+        cls = fused._backward_class(module, want, fused.kernel_bits(list(inputs)))
+        device = next(a.device for a in inputs if isinstance(a, torch.Tensor))
+        with torch.autocast(device_type=device.type, enabled=False):
+            grads = cls.forward(module, *inputs, grad_out=torch.ones((), device=device))
+    return module._lossdsl_eager_forward(*inputs), grads
+
+
+class _InForward(fused._Fused):
+    """forward: the compiled loss and gradients, the gradients kept on ctx; backward: them, scaled.
+
+    Not traced by Dynamo itself (compiled mode does not compile the module's forward here, only
+    _loss_and_grads), so it may branch on the range checks' flag and on grad_out."""
+
+    @classmethod
+    def apply(cls, module: torch.nn.Module, *args):
+        """Under torch.no_grad() the loss alone, without a graph: Function.forward cannot tell (its
+        ctx.needs_input_grad follows requires_grad only)."""
+        if torch.is_grad_enabled():
+            return super().apply(module, *args)
+        return _run(module, (), args[:len(module.input_names)])[0]
+
+    @staticmethod
+    def forward(ctx, module: torch.nn.Module, *args):
+        ctx.module = module
+        ctx.want = fused._wanted(module, args)
+        ctx.plain = [None if isinstance(a, torch.Tensor) else a for a in args]
+        ctx.save_for_backward(*(a for a in args if isinstance(a, torch.Tensor)))
+        out, ctx.grads = _run(module, ctx.want, args[:len(module.input_names)])
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grads, ctx.grads = ctx.grads, None
+        if not grads or torch.is_grad_enabled():
+            return fused._Fused.backward(ctx, grad_out)
+        names = [*ctx.module.input_names, *ctx.module._lossdsl_learnable]
+        by_name = dict(zip(ctx.want, _scaled(grads, grad_out), strict=True))
+        return (None, *(by_name.get(nm) for nm in names))
+
+
+def _run(module: torch.nn.Module, want: tuple[str, ...], inputs: tuple) -> tuple:
+    """The compiled loss and gradients; a range check that flagged raises its own message."""
+    out, grads = module._lossdsl_run(module, want, *inputs)
+    if isinstance(out, tuple):
+        out, bad = out
+        if bad:
+            fused._reraise(module, list(inputs))
+    return out, grads
+
+
+def _scaled(grads: tuple[torch.Tensor, ...], grad_out: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The gradients times grad_out, in place (they are this backward's alone now). grad_out of 1 on the CPU,
+    loss.backward()'s, is checked and skipped; on an accelerator the check would wait for the device,
+    which costs more than the multiply."""
+    if grad_out.device.type == "cpu" and grad_out.numel() == 1 and grad_out.item() == 1.0:
+        return grads
+    return tuple(g.mul_(grad_out) for g in grads)
+
