@@ -102,10 +102,14 @@ def _run(module: torch.nn.Module, want: tuple[str, ...], inputs: tuple) -> tuple
 
 
 def _scaled(grads: tuple[torch.Tensor, ...], grad_out: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The gradients times grad_out, in place (they are this backward's alone now). grad_out of 1 on the CPU,
-    loss.backward()'s, is checked and skipped; on an accelerator the check would wait for the device,
-    which costs more than the multiply."""
+    """The gradients times grad_out. grad_out of 1 on the CPU, loss.backward()'s, is checked and skipped; on
+    an accelerator the check would wait for the device, which costs more than the multiply. In place when
+    each gradient is a dense buffer of its own (they are this backward's alone now); a gradient that does
+    not depend on the inputs comes back from Inductor expanded from one number, and two equal ones may
+    share a buffer (mean(x + y)), so those are multiplied out of place."""
     if grad_out.device.type == "cpu" and grad_out.numel() == 1 and grad_out.item() == 1.0:
         return grads
-    return tuple(g.mul_(grad_out) for g in grads)
-
+    storages = {g.untyped_storage().data_ptr() for g in grads}
+    if len(storages) == len(grads) and all(g.is_contiguous() for g in grads):
+        return tuple(g.mul_(grad_out) for g in grads)
+    return tuple(g * grad_out for g in grads)

@@ -83,6 +83,17 @@ def test_retained_graph_and_double_backward_recompute() -> None:
 
 
 @pytest.mark.slow
+def test_constant_gradients_are_scaled_out_of_place() -> None:
+    """mean(x + y): both gradients are 1/n, which Inductor returns expanded from one number; multiplying
+    that in place raised (more than one element refers to one memory location)."""
+    module = lossdsl.compile("mean(x + y)", mode="compiled", backward="in_forward", inputs=["x", "y"])
+    x, y = (torch.randn(8, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    for seed in (1.0, 2.5, -1.0):
+        for g in _grads(module(x, y), x, y, seed=seed):
+            torch.testing.assert_close(g, torch.full((8,), seed / 8, dtype=torch.float64))
+
+
+@pytest.mark.slow
 def test_no_gradient_is_computed_without_grad_mode() -> None:
     module = _inf("mse_loss")
     x, y = torch.randn(64, dtype=torch.float64, requires_grad=True), torch.randn(64, dtype=torch.float64)
