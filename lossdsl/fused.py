@@ -333,11 +333,8 @@ class _Fused(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, module: torch.nn.Module, *args):
-        n = len(module.input_names)
-        out = module._lossdsl_eager_forward(*args[:n])
-        ctx.module, ctx.want = module, _wanted(module, args)
-        ctx.plain = [None if isinstance(a, torch.Tensor) else a for a in args]
-        ctx.save_for_backward(*(a for a in args if isinstance(a, torch.Tensor)))
+        out = module._lossdsl_eager_forward(*args[:len(module.input_names)])
+        save_inputs(ctx, module, args)
         if isinstance(out, tuple):
             ctx.mark_non_differentiable(out[1])
         return out
@@ -347,15 +344,45 @@ class _Fused(torch.autograd.Function):
         module, n = ctx.module, len(ctx.module.input_names)
         saved = iter(ctx.saved_tensors)
         args = [next(saved) if a is None else a for a in ctx.plain]
-        names, want = [*module.input_names, *module._lossdsl_learnable], ctx.want
-        grads = dict.fromkeys(names)
-        if want:
-            cls = _backward_class(module, want, kernel_bits(args) if compiling() else None)
-            device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
-            with torch.autocast(device_type=device, enabled=False):
-                outs = cls.forward(module, *args[:n], grad_out=grad_out)
-            grads.update({nm: outs[k] for k, nm in enumerate(want)})  # a strict zip trips Dynamo (2.13)
-        return (None, *(grads[nm] for nm in names))
+        if not ctx.want:
+            return by_position(module, (), ())
+        kernel = kernel_bits(args) if compiling() else None
+        return by_position(module, ctx.want, vjp(module, ctx.want, args[:n], grad_out, kernel))
+
+
+def save_inputs(ctx, module: torch.nn.Module, args: tuple) -> None:
+    """What a backward from the inputs needs on ctx: the module, the gradients wanted, the tensor arguments
+    (saved) and the others (kept as they are)."""
+    ctx.module, ctx.want = module, _wanted(module, args)
+    ctx.plain = [None if isinstance(a, torch.Tensor) else a for a in args]
+    ctx.save_for_backward(*(a for a in args if isinstance(a, torch.Tensor)))
+
+
+def vjp(module: torch.nn.Module, want: tuple[str, ...], inputs, grad_out, kernel: int | None) -> tuple:
+    """The gradients named in `want` for this grad_out, by the generated backward, outside autocast (it
+    computes in the dtype the forward did)."""
+    cls = _backward_class(module, want, kernel)
+    device = next((a.device.type for a in inputs if isinstance(a, torch.Tensor)), "cpu")
+    with torch.autocast(device_type=device, enabled=False):
+        return cls.forward(module, *inputs, grad_out=grad_out)
+
+
+def by_position(module: torch.nn.Module, want: tuple[str, ...], grads) -> tuple:
+    """A backward's return: None for the module, then each input's and learnable parameter's gradient, None
+    for those not in `want`."""
+    names = [*module.input_names, *module._lossdsl_learnable]
+    got = {nm: grads[k] for k, nm in enumerate(want)}  # a strict zip trips Dynamo (2.13)
+    return (None, *(got.get(nm) for nm in names))
+
+
+def unflagged(module: torch.nn.Module, out, inputs) -> torch.Tensor:
+    """The loss from a fused forward's output: while compiled it is (value, flag), and a flagged range check
+    raises its own message (the branch is a graph break, after the loss and its flags were computed)."""
+    if isinstance(out, tuple):
+        out, bad = out
+        if bad:
+            _reraise(module, list(inputs))
+    return out
 
 
 def kernel_bits(values: list) -> int:
@@ -440,12 +467,8 @@ def _fused_class(base: type[torch.nn.Module], key: int) -> type[torch.nn.Module]
         if any(isinstance(getattr(self, nm), torch.nn.parameter.UninitializedParameter) for nm in learnable):
             with torch.no_grad():  # the first call sizes lazily shaped parameters
                 base.forward(self, *inputs)
-        out = self._lossdsl_function.apply(self, *inputs, *(getattr(self, nm) for nm in learnable))
-        if isinstance(out, tuple):  # traced by torch.compile: the range checks' flag
-            out, bad = out
-            if bad:
-                _reraise(self, inputs)
-        return out
+        return unflagged(self, self._lossdsl_function.apply(self, *inputs, *(getattr(self, nm) for nm in learnable)),
+                         inputs)
 
     return type(f"{base.__name__}Fused", (base,), {
         "forward": _own_code(forward, f"forward_{base.__name__}"), "_lossdsl_eager_forward": _lean_forward(key),

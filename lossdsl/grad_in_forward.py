@@ -51,10 +51,8 @@ def _loss_and_grads(module: torch.nn.Module, want: tuple[str, ...], *inputs: tor
     float32 read its inputs twice). The loss is (value, flag) while compiled (codegen._raise_late)."""
     grads = ()
     if want:
-        cls = fused._backward_class(module, want, fused.kernel_bits(list(inputs)))
         device = next(a.device for a in inputs if isinstance(a, torch.Tensor))
-        with torch.autocast(device_type=device.type, enabled=False):
-            grads = cls.forward(module, *inputs, grad_out=torch.ones((), device=device))
+        grads = fused.vjp(module, want, inputs, torch.ones((), device=device), fused.kernel_bits(list(inputs)))
     return module._lossdsl_eager_forward(*inputs), grads
 
 
@@ -74,10 +72,7 @@ class _InForward(fused._Fused):
 
     @staticmethod
     def forward(ctx, module: torch.nn.Module, *args):
-        ctx.module = module
-        ctx.want = fused._wanted(module, args)
-        ctx.plain = [None if isinstance(a, torch.Tensor) else a for a in args]
-        ctx.save_for_backward(*(a for a in args if isinstance(a, torch.Tensor)))
+        fused.save_inputs(ctx, module, args)
         out, ctx.grads = _run(module, ctx.want, args[:len(module.input_names)])
         return out
 
@@ -86,19 +81,13 @@ class _InForward(fused._Fused):
         grads, ctx.grads = ctx.grads, None
         if not grads or torch.is_grad_enabled():
             return fused._Fused.backward(ctx, grad_out)
-        names = [*ctx.module.input_names, *ctx.module._lossdsl_learnable]
-        by_name = dict(zip(ctx.want, _scaled(grads, grad_out), strict=True))
-        return (None, *(by_name.get(nm) for nm in names))
+        return fused.by_position(ctx.module, ctx.want, _scaled(grads, grad_out))
 
 
 def _run(module: torch.nn.Module, want: tuple[str, ...], inputs: tuple) -> tuple:
     """The compiled loss and gradients; a range check that flagged raises its own message."""
     out, grads = module._lossdsl_run(module, want, *inputs)
-    if isinstance(out, tuple):
-        out, bad = out
-        if bad:
-            fused._reraise(module, list(inputs))
-    return out, grads
+    return fused.unflagged(module, out, inputs), grads
 
 
 def _scaled(grads: tuple[torch.Tensor, ...], grad_out: torch.Tensor) -> tuple[torch.Tensor, ...]:
