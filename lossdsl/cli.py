@@ -279,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     ps["bench"].add_argument("--repeat", type=int, default=20, help="timed runs (default 20)")
     ps["bench"].add_argument("--variants", default=",".join(quickbench.DEFAULT_VARIANTS),
                              help=f"comma-separated, of {', '.join(quickbench.VARIANTS)} (compiled_sym: compiled "
-                                  "with the symbolic backward, compiled_auto: the faster of the two; default "
+                                  "with the symbolic backward, compiled_fwd: with the gradient computed in the "
+                                  "forward, compiled_auto: the faster of autograd and symbolic; default "
                                   "%(default)s)")
     _params(ps["bench"])
     return parser

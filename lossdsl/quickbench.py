@@ -23,6 +23,7 @@ DIFFERENTIABLE = ("real", "logits", "prob", "positive")
 # variant -> Loss.compile keywords; "torch" is torch.nn.functional's function of the same name
 OPTIONS = {"eager": {}, "fused": {"mode": "fused"}, "compiled": {"mode": "compiled"},
          "compiled_sym": {"mode": "compiled", "backward": "symbolic"},
+         "compiled_fwd": {"mode": "compiled", "backward": "in_forward"},
          "compiled_auto": {"mode": "compiled", "backward": "auto"}}
 VARIANTS = (*OPTIONS, "torch")
 DEFAULT_VARIANTS = ("eager", "compiled", "torch")
@@ -126,6 +127,8 @@ def _row(loss: Loss, which: str, args: list, params: dict, sizes: dict, repeat: 
         ms = timed(lambda: fn(*args), repeat)
         mem = saved_bytes(lambda: fn(*args)) / 1024
         note = f"first call {first:.1f} s" if compiles else ""
+        if getattr(fn, "compile_options", {}).get("backward") == "in_forward":
+            note += "; its gradients are held from forward to backward too (not in the column)"
         if getattr(fn, "backward_choice", None):
             note += f"; backward={next(iter(fn.backward_choice.values()))}"
         return f"  {which:<12} {ms:8.3f} {mem:17.1f} KiB  {note}"

@@ -121,6 +121,14 @@ def test_bench_default_variants_include_torch_compile(tmp_path):
     assert "compiled in" in done.stderr and "[3/3] torch" in done.stderr
 
 
+@pytest.mark.slow
+def test_bench_compiled_fwd_says_it_holds_its_gradients(tmp_path):
+    """The saved-for-backward column counts saved tensors; in_forward's gradients live on ctx instead."""
+    done = run("bench", "mse_loss", "--size", "256", "--repeat", "3", "--variants", "compiled_fwd", cwd=tmp_path)
+    row = done.stdout.splitlines()[2]
+    assert row.split()[0] == "compiled_fwd" and "gradients are held from forward to backward" in row, done.stdout
+
+
 def test_syntax_error_in_a_file_prints_the_caret_and_exits_1(tmp_path):
     (tmp_path / "bad.loss").write_text("loss bad(x, y):\n    (x - y)^^2\n")
     done = run("compile", "bad.loss", cwd=tmp_path, ok=False)
