@@ -16,6 +16,7 @@ from lossdsl.api import BACKWARDS
 from tests.conftest import generated_globals
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from cases import CASES  # the benchmarks' inputs
 from measure import peak_bytes  # the benchmarks' allocator-event peak
 
 FOCAL = """
@@ -424,7 +425,9 @@ def test_compiled_symbolic_multilabel_margin_holds_the_gradient_and_the_target_m
     size. The compiled symbolic step held 4.1: cumprod's input and output and scatter_add's int64 index in
     the forward, two reductions' outputs beside the gradient in the backward. With _prefix_all,
     _scatter_sum and merged sums it is one kernel each way, saving is_target: 2 buffers and a quarter
-    (the first-0 position and the loss's per-row sums, [n] each)."""
+    (the first-0 position and the loss's per-row sums, [n] each), until the forward's einsum over (c, j)
+    became one reduction (emit.batched_dot): Inductor had written its sum over j, an [n, c] buffer, first.
+    Now 2 buffers, torch's own, and one [n] scrap."""
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(4096, 8, generator=gen, requires_grad=True)
     listed = torch.rand(4096, 8, generator=gen).argsort(dim=1)
@@ -435,7 +438,7 @@ def test_compiled_symbolic_multilabel_margin_holds_the_gradient_and_the_target_m
     torch.testing.assert_close(torch.autograd.grad(out, x)[0], torch.autograd.grad(ref, x)[0])
     peak = peak_bytes(lambda: torch.autograd.grad(fast(x, target), x), torch.device("cpu"))
     one_buffer = x.numel() * x.element_size()
-    assert peak <= 2.25 * one_buffer + 16 * 1024, peak / one_buffer
+    assert peak <= 2 * one_buffer + 16 * 1024, peak / one_buffer
 
 
 def test_pairwise_reductions_default_to_the_symbolic_backward() -> None:
@@ -450,3 +453,21 @@ def test_pairwise_reductions_default_to_the_symbolic_backward() -> None:
     assert ranking.compile_options["backward"] == "symbolic"
     picked = [n for n in lossdsl.stdlib.names() if compiled.default_backward(lossdsl.stdlib.get(n).ir) == "symbolic"]
     assert picked == ["multilabel_margin_loss"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["multilabel_margin_loss", "info_nce", "multi_margin_loss",
+                                  "cross_entropy_smoothed", "cross_entropy_probs"])
+def test_batched_dots_compile_to_the_eager_values(name: str) -> None:
+    """The stdlib losses whose forward or generated gradient has an einsum of nested operands (emit.batched_dot:
+    einsum eagerly, product and sum while compiling): compiled with the symbolic backward, value and
+    gradients equal eager mode's einsum in float64."""
+    torch.manual_seed(0)
+    inputs = CASES[name].make(512, torch.device("cpu"), torch.float64)
+    leaves = [x for x in inputs if isinstance(x, torch.Tensor) and x.requires_grad]
+    eager = lossdsl.stdlib.get(name).compile(**CASES[name].params)
+    fast = lossdsl.stdlib.get(name).compile(mode="compiled", backward="symbolic", **CASES[name].params)
+    out, ref = fast(*inputs), eager(*inputs)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    for got, want in zip(torch.autograd.grad(out, leaves), torch.autograd.grad(ref, leaves), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
