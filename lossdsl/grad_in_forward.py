@@ -65,7 +65,10 @@ class _InForward(fused._Fused):
     @classmethod
     def apply(cls, module: torch.nn.Module, *args):
         """Under torch.no_grad() the loss alone, without a graph: Function.forward cannot tell (its
-        ctx.needs_input_grad follows requires_grad only)."""
+        ctx.needs_input_grad follows requires_grad only). A reduction set to "none" after building gives
+        no scalar to seed the gradient with: fused mode's Function then runs, uncompiled."""
+        if not applies(fused._LOSSES[module._lossdsl_key], module.reduction):
+            return fused._Fused.apply(module, *args)
         if torch.is_grad_enabled():
             return super().apply(module, *args)
         return _run(module, (), args[:len(module.input_names)])[0]

@@ -148,3 +148,18 @@ def test_non_scalar_output_falls_back_to_the_symbolic_backward() -> None:
     assert module.compile_options["backward_reason"] == "in_forward needs a scalar output"
     assert grad_in_forward.applies(lossdsl.stdlib.get("mse_loss").ir, "mean")
     assert not grad_in_forward.applies(lossdsl.stdlib.get("mse_loss").ir, "none")
+
+
+@pytest.mark.slow
+def test_reduction_set_to_none_after_building() -> None:
+    """The per-row losses then have no scalar to seed the gradient with (cross_entropy raised from inside
+    Dynamo before): fused mode's Function runs instead, and the gradient for a per-row grad_out is torch's."""
+    module = _inf("cross_entropy")
+    x = torch.randn(16, 5, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 5, (16,))
+    torch.testing.assert_close(module(x, y), F.cross_entropy(x, y))
+    module.reduction = "none"
+    seed = torch.randn(16, dtype=torch.float64)
+    out, ref = module(x, y), F.cross_entropy(x, y, reduction="none")
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(torch.autograd.grad(out, x, seed)[0], torch.autograd.grad(ref, x, seed)[0])
