@@ -40,7 +40,8 @@ def elements(size: str) -> int:
     return SIZES[size] if size in SIZES else int(float(size))
 MODES = ("eager", "fused", "compiled", "compiled_sym", "compiled_fwd")
 # compiled.build's backward, by mode name
-COMPILED = {"compiled": "autograd", "compiled_sym": "symbolic", "compiled_fwd": "in_forward"}
+COMPILED = {"compiled": "autograd", "compiled_sym": "symbolic", "compiled_fwd": "in_forward",
+            "compiled_auto": "auto"}  # compiled_auto: on request (--modes), it compiles the other three again
 RECOMPUTE = "masks"  # compiled.build's recompute policy, set by --recompute (one per process: Dynamo shares
 # compiled code between modules of one class, so two policies in one process would mix)
 SWEEP = ("mse_loss", "sigmoid_focal_loss", "cross_entropy")
@@ -218,7 +219,8 @@ def main() -> None:
     ap.add_argument("--only", help="comma-separated loss names")
     ap.add_argument("--sizes", default="small,large", help="small, large or element counts (1e8)")
     ap.add_argument("--modes", default=",".join(MODES),
-                    help="compiled_sym: compiled.build(..., backward='symbolic')")
+                    help="of eager, fused and compiled.build's backwards: compiled (autograd), compiled_sym "
+                         "(symbolic), compiled_fwd (in_forward), compiled_auto (auto, not in the default)")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")

@@ -115,9 +115,9 @@ class Loss:
 
         mode: "eager" (the generated module), "fused" or "compiled" (see `build_mode`). backward, for
         mode="compiled" only: "autograd" (default), "symbolic", "in_forward" (the gradient computed
-        by the forward kernel: lossdsl.grad_in_forward), or "auto" (autograd and symbolic both compiled, the
-        faster on the first call's inputs kept: lossdsl.autobackward); the other modes have one backward each, so naming
-        one there is an error."""
+        by the forward kernel: lossdsl.grad_in_forward), or "auto" (the three compiled, the fastest on the
+        first call's inputs kept: lossdsl.autobackward); the other modes have one backward each, so naming one
+        there is an error."""
         known = {p.name: p for p in self.parameters}
         sizes = self.axis_keywords()
         for key in params:

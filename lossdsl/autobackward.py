@@ -1,19 +1,20 @@
-"""Compiled mode's backward="auto": compile both backwards, time each on the first call, keep the faster.
+"""Compiled mode's backward="auto": compile each backward, time each on the first call, keep the fastest.
 
-Neither backward wins across the stdlib (lossdsl.compiled.build's docstring has the figures: symbolic is
-0.13x autograd's step time for nll_loss and 1.7x for clip_loss), and which wins also depends on the shapes,
-the dtype and the device, so a fixed rule would be wrong somewhere. The choice is made per input signature
-(lossdsl.compiled.signature) by timing forward + backward on detached copies of the caller's own inputs,
-so it costs one extra compilation and a few steps, once per signature.
+No backward wins across the stdlib (lossdsl.compiled.build's docstring has the figures: symbolic is
+0.13x autograd's step time for nll_loss and 1.7x for clip_loss; the gradient computed in the forward,
+"in_forward", is the fastest on 50 of 70 benchmark cases but 2x slower on focal_loss), and which wins also
+depends on the shapes, the dtype and the device, so a fixed rule would be wrong somewhere. The choice is
+made per input signature (lossdsl.compiled.signature) by timing forward + backward on detached copies of
+the caller's own inputs, so it costs two extra compilations and a few steps, once per signature.
 
 Choices are remembered on disk (lossdsl.cache, kind "auto"), keyed by `identity` (the generated source,
 the fixed parameters' values, the compile options, torch's version and the machine) and the signature:
 a later process with the same loss and inputs compiles only the chosen variant and times nothing. A
 stored choice is a preference, not a result: a stale one costs speed, never correctness.
 
-The symbolic variant is a shallow copy of the module (lossdsl.fused swaps the copy's class): both share
-the same parameter and buffer dictionaries, so an optimizer stepping the module's learnable parameters,
-`.to(device)` and `load_state_dict` reach both.
+The symbolic and in_forward variants are shallow copies of the module (lossdsl.fused swaps a copy's
+class): all share the same parameter and buffer dictionaries, so an optimizer stepping the module's
+learnable parameters, `.to(device)` and `load_state_dict` reach every variant.
 """
 
 from __future__ import annotations
@@ -33,23 +34,26 @@ import torch
 from . import cache
 
 REPS = 5  # timed steps of each variant, interleaved after two warm-up steps each
+CHOICES = ("autograd", "symbolic", "in_forward")
 SLOW_STEP = 1.0  # seconds: a variant this slow in its second warm-up step is timed once
 
 
 def build(module: torch.nn.Module, compile_as: Callable[..., torch.nn.Module],
           ident: Callable[[], str] | None = None) -> torch.nn.Module:
-    """`module`, compiled with autograd's backward, dispatching each signature to the faster variant.
+    """`module`, compiled with autograd's backward, dispatching each signature to the fastest variant.
     compile_as(module, backward) is lossdsl.compiled.build with the caller's other options; ident()
     (see `identity`) keys the choices stored on disk, none without it. It is asked when a signature is
-    decided, so parameter values changed after building count."""
-    twin = compile_as(copy.copy(module), "symbolic")
-    if twin.compile_options.get("backward") != "symbolic":  # no symbolic gradient (fn calls): nothing to pick
+    decided, so parameter values changed after building count. A loss that does not reduce to a scalar
+    has no in_forward variant (compiled.build gives it "symbolic")."""
+    twins = {how: compile_as(copy.copy(module), how) for how in CHOICES[1:]}
+    twins = {how: twin for how, twin in twins.items() if twin.compile_options.get("backward") == how}
+    if not twins:  # no symbolic gradient (fn calls): nothing to pick
         return compile_as(module, "autograd")
     base = compile_as(module, "autograd")
     base.backward_choice, base.backward_seconds, base.backward_cached = {}, {}, set()
     base.compile_options = {**base.compile_options, "backward": "auto"}
-    object.__setattr__(base, "_lossdsl_twin", twin)  # not a submodule: it is the same state, not more of it
-    base._compiled_call_impl = _dispatch(base, base._compiled_call_impl, twin, ident)
+    object.__setattr__(base, "_lossdsl_twins", twins)  # not submodules: the same state, not more of it
+    base._compiled_call_impl = _dispatch(base, base._compiled_call_impl, twins, ident)
     return base
 
 
@@ -101,7 +105,7 @@ def _stored(ident: str, sig: tuple) -> dict | None:
     if not (ident and cache.enabled()):
         return None
     hit = cache.load(_entry(ident, sig), "auto")
-    return hit if isinstance(hit, dict) and hit.get("choice") in ("autograd", "symbolic") else None
+    return hit if isinstance(hit, dict) and hit.get("choice") in CHOICES else None
 
 
 def _store(ident: str, sig: tuple, choice: str, seconds: dict[str, float]) -> None:
@@ -109,18 +113,18 @@ def _store(ident: str, sig: tuple, choice: str, seconds: dict[str, float]) -> No
         cache.store(_entry(ident, sig), {"choice": choice, "seconds": seconds}, "auto")
 
 
-def _dispatch(base: torch.nn.Module, autograd_call: Callable, twin: torch.nn.Module,
+def _dispatch(base: torch.nn.Module, autograd_call: Callable, twins: dict[str, torch.nn.Module],
               ident: Callable[[], str] | None) -> Callable:
     from .compiled import signature
 
-    variants = {"autograd": autograd_call, "symbolic": twin}
+    variants = {"autograd": autograd_call, **twins}
 
     def decide(sig: tuple, args: tuple, kwargs: dict) -> str:
         """The stored choice, else the timed one (stored when timed; an evaluation pass, with no gradient
         to time, leaves the choice to a later call)."""
         key = ident() if ident is not None else ""
         stored = _stored(key, sig)
-        if stored is not None:
+        if stored is not None and stored["choice"] in variants:
             base.backward_cached.add(sig)
             choice, seconds = stored["choice"], stored["seconds"]
         else:
@@ -133,11 +137,11 @@ def _dispatch(base: torch.nn.Module, autograd_call: Callable, twin: torch.nn.Mod
 
     def run(*args, **kwargs):
         sig = signature(args, kwargs)
-        logged = len(twin.compile_log)
+        logged = {how: len(twin.compile_log) for how, twin in twins.items()}
         choice = base.backward_choice.get(sig) or decide(sig, args, kwargs)
         out = variants[choice](*args, **kwargs)
-        if len(twin.compile_log) > logged:  # the twin compiled: base's log is the one users read
-            new = twin.compile_log[logged:]
+        for how, twin in twins.items():  # a twin compiled: base's log is the one users read
+            new = twin.compile_log[logged[how]:]
             base.compile_log.extend(new)
             base.compile_seconds += sum(seconds for _, seconds in new)
         return out

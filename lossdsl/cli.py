@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     ps["bench"].add_argument("--variants", default=",".join(quickbench.DEFAULT_VARIANTS),
                              help=f"comma-separated, of {', '.join(quickbench.VARIANTS)} (compiled_sym: compiled "
                                   "with the symbolic backward, compiled_fwd: with the gradient computed in the "
-                                  "forward, compiled_auto: the faster of autograd and symbolic; default "
+                                  "forward, compiled_auto: the fastest of autograd, symbolic and in_forward; default "
                                   "%(default)s)")
     _params(ps["bench"])
     return parser

@@ -54,8 +54,9 @@ def build(loss, module: torch.nn.Module, *, dynamic: bool | None = None, backwar
     symbolic gradient (fn calls) keeps the autograd backward. "in_forward" computes the symbolic gradient
     in the forward kernel and only scales it in the backward (lossdsl.grad_in_forward): fastest where a
     step's forward and backward read the same inputs (log-cosh 4M float32: 8.7 ms against 11.8 symbolic);
-    a loss whose output is not reduced to a scalar gets "symbolic". "auto" compiles both and keeps, per input
-    signature, the one whose forward + backward is faster on the first call's inputs (lossdsl.autobackward).
+    a loss whose output is not reduced to a scalar gets "symbolic". "auto" compiles all three and keeps, per
+    input signature, the one whose forward + backward is fastest on the first call's inputs
+    (lossdsl.autobackward).
 
     recompute picks what the backward recomputes instead of saving (see POLICIES): "masks" (default),
     "all" or "none". specialize compiles a forward with the scalar parameters' values written in (see

@@ -50,21 +50,29 @@ def test_without_a_gradient_nothing_is_timed() -> None:
     assert not calls
 
 
-def test_the_twin_shares_parameters_and_buffers() -> None:
-    """An optimizer over module.parameters() and load_state_dict must reach the symbolic variant too."""
+def test_the_twins_share_parameters_and_buffers() -> None:
+    """An optimizer over module.parameters() and load_state_dict must reach the other variants too."""
     fast = lossdsl.stdlib.uncertainty_weighting(t=3, mode="compiled", backward="auto")
-    twin = fast._lossdsl_twin
-    assert fast.compile_options["backward"] == "auto" and twin.compile_options["backward"] == "symbolic"
-    assert twin.log_var is fast.log_var and type(twin) is not type(fast)
+    assert fast.compile_options["backward"] == "auto" and set(fast._lossdsl_twins) == {"symbolic", "in_forward"}
+    for how, twin in fast._lossdsl_twins.items():
+        assert twin.compile_options["backward"] == how
+        assert twin.log_var is fast.log_var and type(twin) is not type(fast)
     state = {"log_var": torch.tensor([0.5, -1.0, 2.0])}
     fast.load_state_dict(state)
-    torch.testing.assert_close(twin.log_var.detach(), state["log_var"])
+    for twin in fast._lossdsl_twins.values():
+        torch.testing.assert_close(twin.log_var.detach(), state["log_var"])
+
+
+def test_an_unreduced_loss_has_no_in_forward_twin() -> None:
+    """reduction="none": no scalar to seed the gradient in the forward with (grad_in_forward.applies)."""
+    fast = lossdsl.stdlib.mse_loss(mode="compiled", backward="auto", reduction="none")
+    assert set(fast._lossdsl_twins) == {"symbolic"}
 
 
 def test_a_loss_without_a_symbolic_gradient_compiles_autograd_only() -> None:
     loss = lossdsl.parse("loss f(g: fn, x[n]):\n    g(x)^2")
     fast = loss.compile(mode="compiled", backward="auto")
-    assert fast.compile_options["backward"] == "autograd" and not hasattr(fast, "_lossdsl_twin")
+    assert fast.compile_options["backward"] == "autograd" and not hasattr(fast, "_lossdsl_twins")
 
 
 def test_identity_changes_with_what_decides_the_choice() -> None:
@@ -112,9 +120,9 @@ def test_auto_matches_eager_and_picks_once_per_signature(monkeypatch: pytest.Mon
         out, ref = fast(x, y), eager(x, y)
         torch.testing.assert_close(out, ref)
         torch.testing.assert_close(torch.autograd.grad(out, x)[0], torch.autograd.grad(ref, x)[0])
-    assert len(picks) == 2 and set(fast.backward_choice.values()) <= {"autograd", "symbolic"}
+    assert len(picks) == 2 and set(fast.backward_choice.values()) <= set(autobackward.CHOICES)
     [seconds] = fast.backward_seconds.values()
-    assert set(seconds) == {"autograd", "symbolic"} and all(s > 0 for s in seconds.values())
+    assert set(seconds) == set(autobackward.CHOICES) and all(s > 0 for s in seconds.values())
     assert fast.compile_seconds > 0
     assert not fast.backward_cached
 
