@@ -60,10 +60,11 @@ def build(module: torch.nn.Module, compile_as: Callable[..., torch.nn.Module],
 def identity(loss, module: torch.nn.Module, options: dict) -> str:
     """What a stored choice depends on besides the signature: the generated source, the values of the
     parameters that are not learned (a learned one changes every step, and its shape is in the source's
-    checks), the reduction, the compile options and torch's version; `_entry` adds the machine."""
+    checks), the reduction, the compile options, torch's version and the backwards it was chosen among (a
+    choice stored before in_forward was one is not reused); `_entry` adds the machine."""
     py = loss._py_names
     h = hashlib.sha256(loss._source.encode())
-    for part in (module.reduction, module.validate, sorted(options.items()), torch.__version__):
+    for part in (module.reduction, module.validate, sorted(options.items()), torch.__version__, CHOICES):
         h.update(repr(part).encode() + b"\0")
     for p in loss.parameters:
         value = getattr(module, py[p.name])
