@@ -127,10 +127,11 @@ def _row(loss: Loss, which: str, args: list, params: dict, sizes: dict, repeat: 
         ms = timed(lambda: fn(*args), repeat)
         mem = saved_bytes(lambda: fn(*args)) / 1024
         note = f"first call {first:.1f} s" if compiles else ""
-        if getattr(fn, "compile_options", {}).get("backward") == "in_forward":
+        chosen = next(iter(getattr(fn, "backward_choice", {}).values()), None)  # auto's, per signature
+        if chosen:
+            note += f"; backward={chosen}"
+        if "in_forward" in (chosen, getattr(fn, "compile_options", {}).get("backward")):
             note += "; its gradients are held from forward to backward too (not in the column)"
-        if getattr(fn, "backward_choice", None):
-            note += f"; backward={next(iter(fn.backward_choice.values()))}"
         return f"  {which:<12} {ms:8.3f} {mem:17.1f} KiB  {note}"
     except Exception as err:  # a variant that cannot run is reported, not fatal: the others still compare
         return f"  {which:<12} {'failed':>8} {'':>20}  {type(err).__name__}: {str(err).splitlines()[0][:80]}"

@@ -129,6 +129,17 @@ def test_bench_compiled_fwd_says_it_holds_its_gradients(tmp_path):
     assert row.split()[0] == "compiled_fwd" and "gradients are held from forward to backward" in row, done.stdout
 
 
+@pytest.mark.slow
+def test_bench_compiled_auto_names_its_choice_and_what_the_column_leaves_out(tmp_path):
+    """auto's row says which backward it kept; when that is in_forward, that its gradients are not counted."""
+    done = run("bench", "log_cosh_loss", "--size", "4096", "--repeat", "3", "--variants", "compiled_auto",
+               cwd=tmp_path)
+    row = done.stdout.splitlines()[2]
+    chosen = row.split("backward=")[1].split(";")[0].strip()
+    assert chosen in ("autograd", "symbolic", "in_forward"), row
+    assert ("gradients are held from forward to backward" in row) == (chosen == "in_forward"), row
+
+
 def test_syntax_error_in_a_file_prints_the_caret_and_exits_1(tmp_path):
     (tmp_path / "bad.loss").write_text("loss bad(x, y):\n    (x - y)^^2\n")
     done = run("compile", "bad.loss", cwd=tmp_path, ok=False)
