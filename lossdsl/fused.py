@@ -346,7 +346,7 @@ class _Fused(torch.autograd.Function):
         args = [next(saved) if a is None else a for a in ctx.plain]
         if not ctx.want:
             return by_position(module, (), ())
-        kernel = kernel_bits(args) if compiling() else None
+        kernel = kernel_bits(args[:n]) if compiling() else None  # the inputs' dtype, as the forward's _dt
         return by_position(module, ctx.want, vjp(module, ctx.want, args[:n], grad_out, kernel))
 
 

@@ -7,6 +7,7 @@ import torch
 
 import lossdsl
 import lossdsl.stdlib
+from lossdsl import fused
 from lossdsl.fused import build_fused
 from tests.conftest import AtenOps
 
@@ -392,3 +393,21 @@ def test_kernel_backward_of_log_cosh_is_sized_for_float32():
     grad, = single.forward(module, e, torch.zeros_like(e), grad_out=torch.tensor(1.0))
     want = torch.tanh(e.double())
     assert ((grad.double() - want).abs() <= 2 * torch.finfo(torch.float32).eps * want.abs()).all()
+
+
+@pytest.mark.slow
+def test_compiled_backward_of_a_float64_parameter_uses_the_prepared_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """prepare_backward keys the table by the inputs' dtype, as the generated forward computes in; the traced
+    backward looked it up by the inputs' and learnable parameters' (a float64 log_var next to float32 task
+    losses missed, and built its class behind a graph break). Gradients: exp(-s) and 1 - exp(-s) l by hand."""
+    built = []
+    real = fused._built_backward
+    monkeypatch.setattr(fused, "_built_backward", lambda key: built.append(key) or real(key))
+    module = lossdsl.stdlib.uncertainty_weighting(t=3, mode="compiled", backward="symbolic")
+    module.log_var.data = torch.tensor([0.0, 0.5, -1.0], dtype=torch.float64)
+    losses = torch.tensor([0.25, 1.5, 3.0], requires_grad=True)
+    module(losses).backward()
+    s = module.log_var.detach()
+    torch.testing.assert_close(losses.grad, torch.exp(-s).float())
+    torch.testing.assert_close(module.log_var.grad, 1 - torch.exp(-s) * losses.detach().double())
+    assert not built
