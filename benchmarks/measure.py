@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch._C._profiler import _EventType
-from torch.profiler import ProfilerActivity, profile
+
+from lossdsl import peak_memory as memory
 
 SLOW = 3.0  # seconds: a variant this slow after warm-up is timed once (it would stall the run)
 
@@ -105,28 +105,12 @@ def _once(run: Callable[[], None], device: torch.device) -> float:
 
 
 def peak_bytes(run: Callable[[], None], device: torch.device) -> int:
-    """Peak bytes allocated during one call above what was live before it (after a warm-up call)."""
+    """Peak bytes allocated during one call above what was live before it (after a warm-up call): lossdsl's
+    own measure, the one backward="auto" weighs (lossdsl.peak_memory)."""
     run()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        run()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - base
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        run()
-    sizes: list[tuple[int, int]] = []
-    stack = list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        e = stack.pop()
-        if e.tag == _EventType.Allocation:
-            sizes.append((e.start_time_ns, e.extra_fields.alloc_size))
-        stack.extend(e.children)
-    current = peak = 0
-    for _, size in sorted(sizes):
-        current += size
-        peak = max(peak, current)
+    peak = memory.peak_bytes(run, device)
+    if peak is None:
+        raise RuntimeError("this torch's profiler records no CPU allocations")
     return peak
 
 

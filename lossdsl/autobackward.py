@@ -12,6 +12,14 @@ the fixed parameters' values, the compile options, torch's version and the machi
 a later process with the same loss and inputs compiles only the chosen variant and times nothing. A
 stored choice is a preference, not a result: a stale one costs speed, never correctness.
 
+Time is not all that is weighed: a variant whose peak memory in a step (lossdsl.peak_memory) is more than
+MEMORY_SLACK times the smallest, and more than MEMORY_FLOOR above it, is not kept however fast. Over the
+ninth full benchmark run's figures (70 losses, 4M float32, CPU) the rule changes three choices, the same
+three for any slack from 1.05 to 2: multilabel_margin_loss (autograd's 184.6 MB at 71.9 ms against
+symbolic's 33.5 MB at 76.0), gram_distance (autograd's 50.3 MB at 101 ms against 18.9 MB at 116) and
+combo_loss (in_forward's 50.3 MB at 12.6 ms against symbolic's 16.8 MB at 14.5): at most 15% slower for
+2.7-5.5x less memory. The floor keeps a few kilobytes on a small input from deciding.
+
 The symbolic and in_forward variants are shallow copies of the module (lossdsl.fused swaps a copy's
 class): all share the same parameter and buffer dictionaries, so an optimizer stepping the module's
 learnable parameters, `.to(device)` and `load_state_dict` reach every variant.
@@ -28,14 +36,17 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
-from . import cache
+from . import cache, peak_memory
 
 REPS = 5  # timed steps of each variant, interleaved after two warm-up steps each
 CHOICES = ("autograd", "symbolic", "in_forward")
 SLOW_STEP = 1.0  # seconds: a variant this slow in its second warm-up step is timed once
+MEMORY_SLACK = 1.25  # a variant above this times the smallest peak (and MEMORY_FLOOR above it) is not kept
+MEMORY_FLOOR = 1 << 20  # bytes
 
 
 def build(module: torch.nn.Module, compile_as: Callable[..., torch.nn.Module],
@@ -51,6 +62,7 @@ def build(module: torch.nn.Module, compile_as: Callable[..., torch.nn.Module],
         return compile_as(module, "autograd")
     base = compile_as(module, "autograd")
     base.backward_choice, base.backward_seconds, base.backward_cached = {}, {}, set()
+    base.backward_peak_bytes = {}
     base.compile_options = {**base.compile_options, "backward": "auto"}
     object.__setattr__(base, "_lossdsl_twins", twins)  # not submodules: the same state, not more of it
     base._compiled_call_impl = _dispatch(base, base._compiled_call_impl, twins, ident)
@@ -60,11 +72,12 @@ def build(module: torch.nn.Module, compile_as: Callable[..., torch.nn.Module],
 def identity(loss, module: torch.nn.Module, options: dict) -> str:
     """What a stored choice depends on besides the signature: the generated source, the values of the
     parameters that are not learned (a learned one changes every step, and its shape is in the source's
-    checks), the reduction, the compile options, torch's version and the backwards it was chosen among (a
-    choice stored before in_forward was one is not reused); `_entry` adds the machine."""
+    checks), the reduction, the compile options, torch's version, the backwards it was chosen among (a
+    choice stored before in_forward was one is not reused) and the memory rule; `_entry` adds the machine."""
     py = loss._py_names
     h = hashlib.sha256(loss._source.encode())
-    for part in (module.reduction, module.validate, sorted(options.items()), torch.__version__, CHOICES):
+    for part in (module.reduction, module.validate, sorted(options.items()), torch.__version__, CHOICES,
+                 MEMORY_SLACK, MEMORY_FLOOR):
         h.update(repr(part).encode() + b"\0")
     for p in loss.parameters:
         value = getattr(module, py[p.name])
@@ -109,9 +122,9 @@ def _stored(ident: str, sig: tuple) -> dict | None:
     return hit if isinstance(hit, dict) and hit.get("choice") in CHOICES else None
 
 
-def _store(ident: str, sig: tuple, choice: str, seconds: dict[str, float]) -> None:
+def _store(ident: str, sig: tuple, found: Pick) -> None:
     if ident and cache.enabled():
-        cache.store(_entry(ident, sig), {"choice": choice, "seconds": seconds}, "auto")
+        cache.store(_entry(ident, sig), found._asdict(), "auto")
 
 
 def _dispatch(base: torch.nn.Module, autograd_call: Callable, twins: dict[str, torch.nn.Module],
@@ -121,20 +134,21 @@ def _dispatch(base: torch.nn.Module, autograd_call: Callable, twins: dict[str, t
     variants = {"autograd": autograd_call, **twins}
 
     def decide(sig: tuple, args: tuple, kwargs: dict) -> str:
-        """The stored choice, else the timed one (stored when timed; an evaluation pass, with no gradient
-        to time, leaves the choice to a later call)."""
+        """The stored choice, else the measured one (stored when measured; an evaluation pass, with no
+        gradient to time, leaves the choice to a later call)."""
         key = ident() if ident is not None else ""
         stored = _stored(key, sig)
         if stored is not None and stored["choice"] in variants:
             base.backward_cached.add(sig)
-            choice, seconds = stored["choice"], stored["seconds"]
+            found = Pick(stored["choice"], stored["seconds"], stored.get("peak_bytes", {}))
         else:
-            choice, seconds = pick(variants, args, kwargs, base.parameters())
-            if seconds:
-                _store(key, sig, choice, seconds)
-        if seconds:
-            base.backward_choice[sig], base.backward_seconds[sig] = choice, seconds
-        return choice
+            found = pick(variants, args, kwargs, base.parameters())
+            if found.seconds:
+                _store(key, sig, found)
+        if found.seconds:
+            base.backward_choice[sig], base.backward_seconds[sig] = found.choice, found.seconds
+            base.backward_peak_bytes[sig] = found.peak_bytes
+        return found.choice
 
     def run(*args, **kwargs):
         sig = signature(args, kwargs)
@@ -150,16 +164,21 @@ def _dispatch(base: torch.nn.Module, autograd_call: Callable, twins: dict[str, t
     return run
 
 
-def pick(variants: dict[str, Callable], args: tuple, kwargs: dict, params) -> tuple[str, dict[str, float]]:
-    """The variant with the lowest median forward + backward time on these inputs, and every median.
+class Pick(NamedTuple):
+    choice: str
+    seconds: dict[str, float]  # each variant's median forward + backward
+    peak_bytes: dict[str, int]  # each variant's peak in one step; empty where it could not be measured
+
+
+def pick(variants: dict[str, Callable], args: tuple, kwargs: dict, params) -> Pick:
+    """The variant to keep for these inputs (see `choose`), with every variant's median time and peak memory.
     Without a gradient to compute (grad mode off, nothing requires grad) there is no backward to compare,
-    and the first variant is taken untimed."""
+    and the first variant is taken unmeasured."""
     args, kwargs = _detached(args), dict(zip(kwargs, _detached(tuple(kwargs.values())), strict=True))
     wrt = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor) and t.requires_grad]
     wrt += [p for p in params if p.requires_grad]
-    first = next(iter(variants))
     if not (wrt and torch.is_grad_enabled()):
-        return first, {}
+        return Pick(next(iter(variants)), {}, {})
     steps = {name: _step(fn, args, kwargs, wrt) for name, fn in variants.items()}
     for step in steps.values():  # compiles forward and backward; a lazily sized parameter created by this
         step()  # first call recompiles the forward on the second (uncertainty_weighting: 2.8 s)
@@ -170,7 +189,20 @@ def pick(variants: dict[str, Callable], args: tuple, kwargs: dict, params) -> tu
         for name, step in steps.items():
             samples[name].append(step())
     medians = {name: statistics.median(xs) for name, xs in samples.items()}
-    return min(medians, key=medians.__getitem__), medians
+    peaks = {name: peak_memory.peak_bytes(step, wrt[0].device) for name, step in steps.items()}
+    measured = {name: peak for name, peak in peaks.items() if peak is not None}
+    measured = measured if len(measured) == len(peaks) else {}
+    return Pick(choose(medians, measured), medians, measured)
+
+
+def choose(seconds: dict[str, float], peaks: dict[str, int]) -> str:
+    """The fastest variant of those whose peak is within MEMORY_SLACK (or MEMORY_FLOOR bytes) of the
+    smallest; the fastest of all when the peaks are unknown."""
+    if peaks:
+        least = min(peaks.values())
+        seconds = {name: s for name, s in seconds.items()
+                   if peaks[name] <= max(least * MEMORY_SLACK, least + MEMORY_FLOOR)}
+    return min(seconds, key=seconds.__getitem__)
 
 
 def _detached(values: tuple) -> tuple:

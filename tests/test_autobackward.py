@@ -23,8 +23,9 @@ def _slow_square(x: torch.Tensor) -> torch.Tensor:
 def test_pick_takes_the_faster_variant_without_touching_the_callers_graph() -> None:
     w = torch.randn(8, requires_grad=True)
     x = w * 2  # the network before the loss: timing must not backpropagate into w
-    choice, medians = autobackward.pick({"slow": _slow_square, "fast": _square}, (x,), {}, [])
+    choice, medians, peaks = autobackward.pick({"slow": _slow_square, "fast": _square}, (x,), {}, [])
     assert choice == "fast" and medians["slow"] > 0.004 > medians["fast"]
+    assert set(peaks) == {"slow", "fast"}
     assert w.grad is None
     _square(x).backward()  # the caller's graph is still whole
     torch.testing.assert_close(w.grad, 8 * w.detach())
@@ -35,6 +36,36 @@ def test_pick_order_does_not_decide() -> None:
                              [])[0] == "fast"
 
 
+def _heavy_square(x: torch.Tensor) -> torch.Tensor:
+    """_square's value, holding an 8 MB temporary until its backward (saved for the product)."""
+    big = x.new_ones(1 << 21, requires_grad=True)
+    return (x * x).sum() + (big * big).sum() * 0
+
+
+def test_pick_passes_over_a_faster_variant_that_holds_far_more_memory() -> None:
+    x = torch.randn(8, requires_grad=True)
+    def lean(x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.1)
+        return (x * x).sum()
+
+    choice, medians, peaks = autobackward.pick({"heavy": _heavy_square, "lean": lean}, (x,), {}, [])
+    assert medians["heavy"] < 0.1 < medians["lean"], "the heavy variant is the faster one"
+    assert peaks["heavy"] >= 8 << 20 > peaks["lean"]
+    assert choice == "lean"
+
+
+@pytest.mark.parametrize(("peaks", "expected"), [
+    ({"a": 100 << 20, "b": 30 << 20}, "b"),  # a: more than MEMORY_SLACK times b's peak
+    ({"a": 36 << 20, "b": 30 << 20}, "a"),  # within the slack: the faster
+    ({"a": 3 << 20, "b": 1 << 20}, "b"),  # 3x and 2 MB more: beyond both
+    ({"a": 2 << 20, "b": 1 << 20}, "a"),  # 2x, but within MEMORY_FLOOR (1 MB) of b's
+    ({"a": 1 << 19, "b": 1 << 10}, "a"),  # 512x, but a few hundred kilobytes: time decides
+    ({}, "a"),  # not measured: time alone
+])
+def test_choose_weighs_memory_only_where_it_differs_much(peaks: dict, expected: str) -> None:
+    assert autobackward.choose({"a": 1.0, "b": 1.2}, peaks) == expected
+
+
 def test_without_a_gradient_nothing_is_timed() -> None:
     calls = []
 
@@ -43,7 +74,7 @@ def test_without_a_gradient_nothing_is_timed() -> None:
         return x.sum()
 
     x = torch.randn(4)
-    assert autobackward.pick({"autograd": counted, "symbolic": counted}, (x,), {}, []) == ("autograd", {})
+    assert autobackward.pick({"autograd": counted, "symbolic": counted}, (x,), {}, []) == ("autograd", {}, {})
     with torch.no_grad():
         assert autobackward.pick({"autograd": counted, "symbolic": counted}, (x.requires_grad_(),), {},
                                  [])[0] == "autograd"
@@ -92,8 +123,9 @@ def test_identity_changes_with_what_decides_the_choice(monkeypatch: pytest.Monke
 def test_a_stored_choice_is_read_back_and_a_damaged_one_is_a_miss(cache_dir, monkeypatch) -> None:
     sig = (((4, 3), torch.float32, "cpu"),)
     assert autobackward._stored("abc", sig) is None
-    autobackward._store("abc", sig, "symbolic", {"autograd": 2.0, "symbolic": 1.0})
-    assert autobackward._stored("abc", sig) == {"choice": "symbolic", "seconds": {"autograd": 2.0, "symbolic": 1.0}}
+    found = autobackward.Pick("symbolic", {"autograd": 2.0, "symbolic": 1.0}, {"autograd": 64, "symbolic": 32})
+    autobackward._store("abc", sig, found)
+    assert autobackward._stored("abc", sig) == found._asdict()
     assert autobackward._stored("abd", sig) is None and autobackward._stored("abc", (sig[0], sig[0])) is None
     with monkeypatch.context() as other_machine:
         other_machine.setattr(torch, "get_num_threads", lambda: 97)  # another machine's threads: another entry
@@ -101,7 +133,7 @@ def test_a_stored_choice_is_read_back_and_a_damaged_one_is_a_miss(cache_dir, mon
     [entry] = cache_dir.glob("auto/*/*.pkl")
     entry.write_bytes(b"not a pickle")
     assert autobackward._stored("abc", sig) is None
-    autobackward._store("abc", sig, "symbolic", {"autograd": 2.0, "symbolic": 1.0})
+    autobackward._store("abc", sig, found)
     monkeypatch.setenv("LOSSDSL_CACHE", "0")
     assert autobackward._stored("abc", sig) is None
 
