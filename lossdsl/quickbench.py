@@ -1,9 +1,10 @@
 """`lossdsl bench NAME`: one loss, forward + backward, as lossdsl's modes and torch's built-in.
 
 A quick comparison for a user choosing a mode, not the project's benchmark suite: inputs are drawn by kind
-at one size, time is the median of `repeat` runs after warm-up, and memory is what autograd saves for the
-backward pass (the part of a loss's memory that grows with the batch; measured by saved-tensor hooks, so it
-works on CPU too).
+at one size, time is the median of `repeat` runs after warm-up, and memory is the peak of one forward +
+backward above what was live before it (lossdsl.peak_memory, what backward="auto" weighs): it counts what
+autograd saves, the backward's temporaries and the gradients, and so compares in_forward, which holds its
+gradients from the forward on, with the others.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from . import peak_memory
 from .api import Loss
 from .errors import KindError, ParameterError
 
@@ -58,20 +60,6 @@ def _draw(kind: str, shape: tuple[int, ...], classes: int, gen: torch.Generator)
     return table.get(kind, torch.randn(shape, generator=gen))
 
 
-def saved_bytes(call: Callable[[], torch.Tensor]) -> int:
-    """Bytes of the distinct tensors autograd keeps for the backward of one forward call."""
-    seen: dict[tuple, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        key = (t.untyped_storage().data_ptr(), t.dtype)
-        seen[key] = max(seen.get(key, 0), t.untyped_storage().nbytes())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        call()
-    return sum(seen.values())
-
-
 def timed(call: Callable[[], torch.Tensor], repeat: int) -> float:
     """Median milliseconds of forward + backward."""
     times = []
@@ -103,7 +91,7 @@ def run(loss: Loss, *, size: int = 4096, repeat: int = 20, variants: list[str] |
     shapes = ", ".join(f"{i.name}{list(t.shape)}" for i, t in zip(loss.inputs, args, strict=True)
                        if isinstance(t, torch.Tensor))
     rows = [f"bench {loss.name}: {shapes}; forward + backward, median of {repeat} runs (CPU threads: "
-            f"{torch.get_num_threads()})", f"  {'variant':<12} {'ms':>8} {'saved for backward':>20}  note"]
+            f"{torch.get_num_threads()})", f"  {'variant':<12} {'ms':>8} {'peak memory':>20}  note"]
     for k, which in enumerate(variants, 1):
         report(f"[{k}/{len(variants)}] {which}")
         rows.append(_row(loss, which, args, params or {}, sizes, repeat, report))
@@ -125,13 +113,12 @@ def _row(loss: Loss, which: str, args: list, params: dict, sizes: dict, repeat: 
         if compiles:
             report(f"    compiled in {first:.1f} s")
         ms = timed(lambda: fn(*args), repeat)
-        mem = saved_bytes(lambda: fn(*args)) / 1024
+        peak = peak_memory.peak_bytes(lambda: fn(*args).backward(), torch.device("cpu"))
+        mem = f"{peak / 1024:17.1f} KiB" if peak is not None else f"{'n/a':>21}"
         note = f"first call {first:.1f} s" if compiles else ""
         chosen = next(iter(getattr(fn, "backward_choice", {}).values()), None)  # auto's, per signature
         if chosen:
             note += f"; backward={chosen}"
-        if "in_forward" in (chosen, getattr(fn, "compile_options", {}).get("backward")):
-            note += "; its gradients are held from forward to backward too (not in the column)"
-        return f"  {which:<12} {ms:8.3f} {mem:17.1f} KiB  {note}"
+        return f"  {which:<12} {ms:8.3f} {mem}  {note}"
     except Exception as err:  # a variant that cannot run is reported, not fatal: the others still compare
         return f"  {which:<12} {'failed':>8} {'':>20}  {type(err).__name__}: {str(err).splitlines()[0][:80]}"
