@@ -18,7 +18,9 @@ import torch
 
 def peak_bytes(run: Callable[[], object], device: torch.device) -> int | None:
     """Bytes allocated at the highest point of one call of `run`, above what was live before it; None when
-    the profiler cannot say (a torch without its memory records)."""
+    the profiler cannot say (a torch without its memory records). On a GPU this resets the device's peak
+    statistics (torch.cuda.reset_peak_memory_stats), which a caller tracking its own peak will see: the
+    allocator keeps one high-water mark, and no peak of a part can be read without resetting it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
