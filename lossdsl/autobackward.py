@@ -190,8 +190,7 @@ def pick(variants: dict[str, Callable], args: tuple, kwargs: dict, params) -> Pi
             samples[name].append(step())
     medians = {name: statistics.median(xs) for name, xs in samples.items()}
     peaks = {name: peak_memory.peak_bytes(step, wrt[0].device) for name, step in steps.items()}
-    measured = {name: peak for name, peak in peaks.items() if peak is not None}
-    measured = measured if len(measured) == len(peaks) else {}
+    measured = {} if None in peaks.values() else peaks
     return Pick(choose(medians, measured), medians, measured)
 
 
