@@ -162,6 +162,37 @@ class _Picked(torch.autograd.Function):
         return torch.where(picked, grad, 0.0), None, None
 
 
+def _diagonal(x, d1, d2):
+    """x[..., i, ..., i, ...], the diagonal last, as a tensor of its own (never a view a later in-place op
+    could reach). While torch.compile traces, through _Diagonal, whose backward is a select over x's shape
+    instead of autograd's zeros + index_put: Inductor fuses it with x's other gradient terms (compiled
+    info_nce, 2048 x 2048: one similarity-sized buffer fewer, 52.5 -> 35.7 MB; torch's own is 52.5)."""
+    if _compiling() and x.requires_grad:
+        return _Diagonal.apply(x, d1, d2)
+    return x.diagonal(0, d1, d2).clone()
+
+
+class _Diagonal(torch.autograd.Function):
+    @staticmethod
+    def forward(x, d1, d2):
+        on = torch.arange(x.shape[d1], device=x.device)  # not x.diagonal: Inductor's lowering of it warns
+        return x.movedim((d1, d2), (-2, -1))[..., on, on]
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, d1, d2 = inputs
+        ctx.lo, ctx.hi = sorted((d1 % x.dim(), d2 % x.dim()))
+        ctx.size, ctx.rank = x.shape[d1], x.dim()
+
+    @staticmethod
+    def backward(ctx, grad):
+        rows, cols = [1] * ctx.rank, [1] * ctx.rank
+        rows[ctx.lo], cols[ctx.hi] = ctx.size, ctx.size
+        on = torch.arange(ctx.size, device=grad.device)
+        spread = grad.movedim(-1, ctx.lo).unsqueeze(ctx.hi)
+        return torch.where(on.view(rows) == on.view(cols), spread, 0.0), None, None
+
+
 def _diagonal_set(x, value, d1, d2):
     """x with its (d1, d2) diagonal set to value (the [i != j] masks): a copy and N writes, not a dense
     compare and select. While torch.compile traces, the select, which Inductor fuses: its diagonal_scatter

@@ -676,6 +676,9 @@ class Emitter(MaskLowering):
         dense: a gather's gradient is a select that fuses with src's other gradient terms (see try_gather)."""
         if all(ir.is_index(s) for s in slots) and len(set(slots)) == len(slots):
             return V(src.code, tuple(str(s) for s in slots), src.kind, src.ell)
+        diagonal = self.try_diagonal(src, slots)
+        if diagonal is not None:
+            return diagonal
         gathers = {k: self.gather_index(s) for k, s in enumerate(slots) if not ir.is_index(s) and not s.is_Integer}
         fast = self.try_select(src, slots, gathers) or self.try_gather(src, slots, gathers, dense)
         if fast is not None:
@@ -707,6 +710,17 @@ class Emitter(MaskLowering):
         if v.ell:
             raise KindError(f"gathering with {s} needs its axes declared")
         return v
+
+    def try_diagonal(self, src: V, slots: list[sp.Basic]) -> V | None:
+        """One index read on two axes (`s[i, i]`) → `_diagonal`: no arange to gather with, and a compiled
+        backward that adds into s's gradient rather than a zero matrix of its own (see codegen._diagonal)."""
+        names = [str(s) for s in slots]
+        if src.ell or not all(ir.is_index(s) for s in slots) or len(set(names)) != len(names) - 1:
+            return None
+        twice = next(n for n in names if names.count(n) == 2)
+        d1, d2 = (k for k, n in enumerate(names) if n == twice)
+        kept = tuple(n for k, n in enumerate(names) if k not in (d1, d2))
+        return self.tmp(f"_diagonal({src.code}, {d1}, {d2})", (*kept, twice))
 
     def try_select(self, src: V, slots: list[sp.Basic], gathers: dict[int, V]) -> V | None:
         """A vector read at an index tensor (weight[y]) → `index_select`: 3 us where advanced indexing

@@ -213,6 +213,48 @@ def test_picked_gradient_is_gathers(dim: int) -> None:
     torch.testing.assert_close(picked.apply(x, dim, index), x.gather(dim, index), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dims", [(0, 1), (1, 0), (0, 2), (1, 2)])
+def test_diagonal_gradient_is_torchs(dims: tuple[int, int]) -> None:
+    """_Diagonal (what _diagonal traces as) reads torch.diagonal's values, the diagonal last, and its
+    select gives torch.diagonal's gradient, for every pair of axes of a rank-3 tensor."""
+    diagonal = generated_globals(lossdsl.stdlib.info_nce())["_Diagonal"]
+    d1, d2 = dims
+    gen = torch.Generator().manual_seed(d1 * 3 + d2)
+    shape = [3, 3, 3]
+    shape[({0, 1, 2} - set(dims)).pop()] = 2  # the kept axis differs in size from the diagonal's
+    x = torch.randn(shape, dtype=torch.float64, generator=gen, requires_grad=True)
+    want = torch.diagonal(x, 0, d1, d2)
+    got = diagonal.apply(x, d1, d2)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    seed = torch.randn(want.shape, dtype=torch.float64, generator=gen)
+    torch.testing.assert_close(torch.autograd.grad((got * seed).sum(), x)[0],
+                               torch.autograd.grad((want * seed).sum(), x)[0], rtol=0, atol=0)
+
+
+def test_a_repeated_index_reads_the_diagonal() -> None:
+    """s[i, i] is `_diagonal`, not advanced indexing with an arange (whose compiled backward is a zero
+    matrix and an index_put beside s's other gradient terms)."""
+    source = lossdsl.stdlib.get("info_nce").to_source()
+    assert "_diagonal(" in source and "torch.arange(N_i" not in source
+
+
+@pytest.mark.slow
+def test_compiled_info_nce_holds_two_similarity_matrices() -> None:
+    """The diagonal's gradient fuses into the similarity matrix's: compiled info_nce's step holds the saved
+    matrix and its gradient, where torch's cross_entropy over q k^T holds three (52.5 MB at 2048 rows)."""
+    gen = torch.Generator().manual_seed(4)
+    q, k = (torch.randn(512, 16, generator=gen, requires_grad=True) for _ in range(2))
+    fast = lossdsl.stdlib.info_nce(mode="compiled", backward="autograd")
+    eager = lossdsl.stdlib.info_nce()
+    out, ref = fast(q, k), eager(q, k)
+    torch.testing.assert_close(out, ref)
+    for got, want in zip(torch.autograd.grad(out, (q, k)), torch.autograd.grad(ref, (q, k)), strict=True):
+        torch.testing.assert_close(got, want)
+    peak = peak_bytes(lambda: torch.autograd.grad(fast(q, k), (q, k)), torch.device("cpu"))
+    matrix = 512 * 512 * 4
+    assert 2 * matrix <= peak < 2 * matrix + 128 * 1024, (peak, matrix)  # allowance: rows and the gradients
+
+
 def test_a_lone_gather_keeps_the_scatter_and_a_shared_one_selects() -> None:
     """nll reads its input at the target only (a memset and a scatter are the cheapest gradient), while
     multi_margin's input[n, target[n]] has a dense gradient term to fuse its select with."""
