@@ -34,6 +34,7 @@ import os
 import platform
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -191,6 +192,9 @@ def pick(variants: dict[str, Callable], args: tuple, kwargs: dict, params) -> Pi
     medians = {name: statistics.median(xs) for name, xs in samples.items()}
     peaks = {name: peak_memory.peak_bytes(step, wrt[0].device) for name, step in steps.items()}
     measured = {} if None in peaks.values() else peaks
+    if not measured:
+        warnings.warn("lossdsl: backward='auto' could not measure peak memory here (this torch's profiler "
+                      "records no CPU allocations) and chose by time alone", RuntimeWarning, stacklevel=4)
     return Pick(choose(medians, measured), medians, measured)
 
 

@@ -54,6 +54,21 @@ def test_pick_passes_over_a_faster_variant_that_holds_far_more_memory() -> None:
     assert choice == "lean"
 
 
+def test_pick_says_when_it_could_not_weigh_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A torch whose profiler records no allocations: the choice falls back to time, with a warning, not
+    silently (the heavy variant, faster, is kept)."""
+    monkeypatch.setattr(autobackward.peak_memory, "peak_bytes", lambda run, device: None)
+    x = torch.randn(8, requires_grad=True)
+
+    def lean(x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.05)
+        return (x * x).sum()
+
+    with pytest.warns(RuntimeWarning, match="chose by time alone"):
+        choice, _, peaks = autobackward.pick({"heavy": _heavy_square, "lean": lean}, (x,), {}, [])
+    assert (choice, peaks) == ("heavy", {})
+
+
 @pytest.mark.parametrize(("peaks", "expected"), [
     ({"a": 100 << 20, "b": 30 << 20}, "b"),  # a: more than MEMORY_SLACK times b's peak
     ({"a": 36 << 20, "b": 30 << 20}, "a"),  # within the slack: the faster
