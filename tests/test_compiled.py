@@ -431,6 +431,44 @@ def test_prepare_backward_builds_the_gradient_the_call_needs() -> None:
     assert len(module._lossdsl_vjp) == 2
 
 
+def test_the_backward_is_prepared_once_per_call_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """_timed prepares the backward table on the first call per key, not on every call; a tensor that starts
+    requiring grad, grad mode, a reduction changed after building and a changed int parameter are new keys,
+    and the gradients stay right through each (against the eager module's)."""
+    from lossdsl import fused
+
+    prepared = []
+    real = fused.prepare_backward
+    monkeypatch.setattr(fused, "prepare_backward", lambda *a: prepared.append(1) or real(*a))
+    text = "loss a(x, y; k: int = 1):\n    (x - y)^2 * k"
+    module, eager = lossdsl.compile(text, mode="compiled", backward="symbolic"), lossdsl.compile(text)
+    x, y = torch.randn(5, requires_grad=True), torch.randn(5)
+
+    def check() -> None:
+        leaves = [t for t in (x, y) if t.requires_grad]
+        for got, want in zip(torch.autograd.grad(module(x, y), leaves), torch.autograd.grad(eager(x, y), leaves),
+                             strict=True):
+            torch.testing.assert_close(got, want)
+
+    for _ in range(3):
+        check()
+    assert len(prepared) == 1
+    y.requires_grad_(True)
+    check()
+    check()
+    assert len(prepared) == 2
+    with torch.no_grad():
+        module(x, y)
+    assert len(prepared) == 3
+    module.reduction = eager.reduction = "sum"
+    check()
+    module.k = eager.k = 3
+    check()
+    check()
+    assert len(prepared) == 5
+    assert len(module.compile_log) == 1  # one signature: the later keys are not timed as compilations
+
+
 def test_unknown_backward_is_refused() -> None:
     with pytest.raises(ValueError, match="backward must be one of 'autograd', 'symbolic'"):
         compiled.build(lossdsl.parse(FOCAL), lossdsl.compile(FOCAL), backward="numeric")
