@@ -155,7 +155,7 @@ def _dispatch(base: torch.nn.Module, autograd_call: Callable, twins: dict[str, t
     def run(*args, **kwargs):
         """The chosen variant's compiled call, past its nn.Module dispatch (base's ran the user's hooks);
         on a decided signature only that twin can compile (a changed parameter value), so only its log is
-        read (10-14 us a call went to this wrapper with every twin's)."""
+        read. What this wrapper still costs: ~10 us a call over the chosen variant alone (nll_loss, 4 x 1024)."""
         sig = signature(args, kwargs)
         choice = base.backward_choice.get(sig)
         chosen = (twins.get(choice),) if choice else twins.values()

@@ -304,7 +304,8 @@ def _timed(module: torch.nn.Module, call: Callable, recompute: str = "none",
            spec: Specializer | None = None, prepare: Callable | None = None) -> Callable:
     """Wraps the compiled call so the first call per signature (the compilation) is timed and runs under
     the recompute policy's config (the joint graph is partitioned during that first call); a new
-    specialised forward (changed parameter values) starts the signatures afresh."""
+    specialised forward (changed parameter values) starts the signatures afresh. A fused module's backward
+    table is prepared on the first call per `_call_key`, which a call already seen skips with the rest."""
     seen: set[tuple] = set()  # call keys (signatures when nothing is prepared) run before
     timed: set[tuple] = set()  # signatures compiled
 
