@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import mpmath
@@ -253,6 +254,21 @@ def test_compiled_info_nce_holds_two_similarity_matrices() -> None:
     peak = peak_bytes(lambda: torch.autograd.grad(fast(q, k), (q, k)), torch.device("cpu"))
     matrix = 512 * 512 * 4
     assert 2 * matrix <= peak < 2 * matrix + 128 * 1024, (peak, matrix)  # allowance: rows and the gradients
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backward", ["in_forward", "symbolic"])
+def test_compiling_a_diagonal_read_warns_nothing(backward: str) -> None:
+    """Inductor's lowering of aten.diagonal warns (torch._prims_common.check is deprecated, torch 2.13):
+    _diagonal never hands it one while compiling, also where s does not require grad (in_forward's forward
+    runs without grad; so does the symbolic backward's graph)."""
+    q, k = (torch.randn(16, 4, requires_grad=True) for _ in range(2))
+    fast = lossdsl.stdlib.info_nce(mode="compiled", backward=backward)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.autograd.grad(fast(q, k), (q, k))
+    assert not [w for w in caught if issubclass(w.category, (FutureWarning, UserWarning))], \
+        [str(w.message) for w in caught]
 
 
 def test_a_lone_gather_keeps_the_scatter_and_a_shared_one_selects() -> None:
