@@ -336,10 +336,12 @@ def _timed(module: torch.nn.Module, call: Callable, recompute: str = "none",
 
 def _call_key(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple:
     """signature() with what else decides the backward a fused module's call needs (fused.prepare_backward):
-    grad mode, which tensors require grad, the reduction and the int/bool parameters. Why: preparing on every
-    call cost 6 us of a 100 us step (nll_loss, 4 x 1024); a call whose key was seen needs nothing built."""
+    grad mode, which tensors require grad, the keywords' names, the reduction, the int/bool parameters and
+    the learnables' requires_grad. Why: preparing on every call cost 6 us of a 100 us step (nll_loss,
+    4 x 1024); a call whose key was seen needs nothing built."""
     values = [*args, *kwargs.values()]
-    return (torch.is_grad_enabled(), module.reduction, *(getattr(module, py) for _, py in module._lossdsl_fixed),
+    return (torch.is_grad_enabled(), module.reduction, tuple(kwargs),
+            *(getattr(module, py) for _, py in module._lossdsl_fixed),
             *(getattr(module, nm).requires_grad for nm in module._lossdsl_learnable),
             *((tuple(v.shape), v.dtype, v.device.type, v.requires_grad) if isinstance(v, torch.Tensor)
               else type(v).__name__ for v in values))

@@ -482,6 +482,9 @@ def test_the_backward_is_prepared_once_per_call_key(monkeypatch: pytest.MonkeyPa
     check()
     check()
     assert len(prepared) == 5
+    out = module(y=y, x=x)  # the same tensors by keyword: a key of its own (its values come in another order)
+    assert len(prepared) == 6
+    torch.testing.assert_close(torch.autograd.grad(out, (x, y)), torch.autograd.grad(eager(x, y), (x, y)))
     assert len(module.compile_log) == 1  # one signature: the later keys are not timed as compilations
 
 
