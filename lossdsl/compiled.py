@@ -86,12 +86,13 @@ def build(loss, module: torch.nn.Module, *, dynamic: bool | None = None, backwar
         base.compile(dynamic=dynamic)
         call = base._compiled_call_impl
     prepare = fused.prepare_backward if symbolic else None
-    base._compiled_call_impl = _timed(base, call, recompute, spec, prepare)
+    base._compiled_call_impl = _timed(base, call, "none" if in_forward else recompute, spec, prepare)
     base.compile_seconds = 0.0
     base.compile_log = []
     base.compile_options = {"dynamic": dynamic,
                             "backward": "in_forward" if in_forward else "symbolic" if symbolic else "autograd",
-                            "recompute": recompute, "specialized": sorted(spec.names) if spec else []}
+                            "recompute": None if in_forward else recompute,  # no backward graph to partition
+                            "specialized": sorted(spec.names) if spec else []}
     if defaulted and symbolic:
         base.compile_options["backward_reason"] = "a reduction wider than every input (default_backward)"
     elif backward == "in_forward" and not in_forward:

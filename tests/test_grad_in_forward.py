@@ -16,6 +16,7 @@ from lossdsl import grad_in_forward
 def _inf(name: str, **params) -> torch.nn.Module:
     module = getattr(lossdsl.stdlib, name)(mode="compiled", backward="in_forward", **params)
     assert module.compile_options["backward"] == "in_forward"
+    assert module.compile_options["recompute"] is None  # no backward graph, nothing to recompute or save
     return module
 
 
@@ -146,6 +147,7 @@ def test_non_scalar_output_falls_back_to_the_symbolic_backward() -> None:
     module = lossdsl.stdlib.mse_loss(mode="compiled", backward="in_forward", reduction="none")
     assert module.compile_options["backward"] == "symbolic"
     assert module.compile_options["backward_reason"] == "in_forward needs a scalar output"
+    assert module.compile_options["recompute"] == "masks"  # its symbolic backward has a graph to partition
     assert grad_in_forward.applies(lossdsl.stdlib.get("mse_loss").ir, "mean")
     assert not grad_in_forward.applies(lossdsl.stdlib.get("mse_loss").ir, "none")
 
