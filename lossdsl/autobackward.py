@@ -132,8 +132,8 @@ def _dispatch(base: torch.nn.Module, autograd_call: Callable, twins: dict[str, t
               ident: Callable[[], str] | None) -> Callable:
     from .compiled import signature
 
-    variants = {"autograd": autograd_call, **twins}
-    direct = {"autograd": autograd_call, **{how: twin._compiled_call_impl for how, twin in twins.items()}}
+    # each twin's compiled call, past its nn.Module dispatch (base's ran the user's hooks)
+    variants = {"autograd": autograd_call, **{how: twin._compiled_call_impl for how, twin in twins.items()}}
 
     def decide(sig: tuple, args: tuple, kwargs: dict) -> str:
         """The stored choice, else the measured one (stored when measured; an evaluation pass, with no
@@ -153,14 +153,14 @@ def _dispatch(base: torch.nn.Module, autograd_call: Callable, twins: dict[str, t
         return found.choice
 
     def run(*args, **kwargs):
-        """The chosen variant's compiled call, past its nn.Module dispatch (base's ran the user's hooks);
-        on a decided signature only that twin can compile (a changed parameter value), so only its log is
-        read. What this wrapper still costs: ~10 us a call over the chosen variant alone (nll_loss, 4 x 1024)."""
+        """The chosen variant's compiled call; on a decided signature only that twin can compile (a changed
+        parameter value), so only its log is read. What this wrapper still costs: ~10 us a call over the
+        chosen variant alone (nll_loss, 4 x 1024)."""
         sig = signature(args, kwargs)
         choice = base.backward_choice.get(sig)
         chosen = (twins.get(choice),) if choice else twins.values()
         logged = [(twin, len(twin.compile_log)) for twin in chosen if twin is not None]
-        out = direct[choice or decide(sig, args, kwargs)](*args, **kwargs)
+        out = variants[choice or decide(sig, args, kwargs)](*args, **kwargs)
         for twin, before in logged:  # a twin compiled: base's log is the one users read
             new = twin.compile_log[before:]
             base.compile_log.extend(new)

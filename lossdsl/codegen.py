@@ -187,11 +187,16 @@ class _Diagonal(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        rows, cols = [1] * ctx.rank, [1] * ctx.rank
-        rows[ctx.lo], cols[ctx.hi] = ctx.size, ctx.size
-        on = torch.arange(ctx.size, device=grad.device)
-        spread = grad.movedim(-1, ctx.lo).unsqueeze(ctx.hi)
-        return torch.where(on.view(rows) == on.view(cols), spread, 0.0), None, None
+        on = _on_diagonal(ctx.rank, (ctx.lo, ctx.size), (ctx.hi, ctx.size), grad.device)
+        return torch.where(on, grad.movedim(-1, ctx.lo).unsqueeze(ctx.hi), 0.0), None, None
+
+
+def _on_diagonal(rank, first, second, device):
+    """Whether a position's index along one axis equals its index along another: first and second are
+    (axis, size), and the mask broadcasts over a tensor of `rank` axes."""
+    rows, cols = [1] * rank, [1] * rank
+    rows[first[0]], cols[second[0]] = first[1], second[1]
+    return torch.arange(first[1], device=device).view(rows) == torch.arange(second[1], device=device).view(cols)
 
 
 def _diagonal_set(x, value, d1, d2):
@@ -200,11 +205,7 @@ def _diagonal_set(x, value, d1, d2):
     gradient is silently wrong (pytorch/pytorch#183602, fixed after 2.13)."""
     if not _compiling():
         return torch.diagonal_scatter(x, torch.full_like(x.diagonal(0, d1, d2), value), 0, d1, d2)
-    shape = [1] * x.dim()
-    rows, cols = list(shape), list(shape)
-    rows[d1], cols[d2] = x.shape[d1], x.shape[d2]
-    on = torch.arange(x.shape[d1], device=x.device).view(rows) == torch.arange(x.shape[d2], device=x.device).view(cols)
-    return torch.where(on, value, x)
+    return torch.where(_on_diagonal(x.dim(), (d1, x.shape[d1]), (d2, x.shape[d2]), x.device), value, x)
 
 
 def _broadcast_shapes(*shapes):

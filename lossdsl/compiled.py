@@ -320,7 +320,7 @@ def _timed(module: torch.nn.Module, call: Callable, recompute: str = "none",
         if prepare is not None:
             prepare(module, args, kwargs)
         seen.add(key)
-        sig = signature(args, kwargs)
+        sig = signature(args, kwargs) if prepare is not None else key
         if sig in timed:
             return call(*args, **kwargs)
         start = time.perf_counter()
