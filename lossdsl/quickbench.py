@@ -91,7 +91,7 @@ def run(loss: Loss, *, size: int = 4096, repeat: int = 20, variants: list[str] |
     shapes = ", ".join(f"{i.name}{list(t.shape)}" for i, t in zip(loss.inputs, args, strict=True)
                        if isinstance(t, torch.Tensor))
     rows = [f"bench {loss.name}: {shapes}; forward + backward, median of {repeat} runs (CPU threads: "
-            f"{torch.get_num_threads()})", f"  {'variant':<12} {'ms':>8} {'peak memory':>20}  note"]
+            f"{torch.get_num_threads()})", f"  {'variant':<13} {'ms':>8} {'peak memory':>20}  note"]
     for k, which in enumerate(variants, 1):
         report(f"[{k}/{len(variants)}] {which}")
         rows.append(_row(loss, which, args, params or {}, sizes, repeat, report))
@@ -102,7 +102,7 @@ def _row(loss: Loss, which: str, args: list, params: dict, sizes: dict, repeat: 
     try:
         fn = variant(loss, which, params, sizes)
         if fn is None:
-            return f"  {which:<12} {'n/a':>8} {'':>20}  torch.nn.functional has no {loss.name}"
+            return f"  {which:<13} {'n/a':>8} {'':>20}  torch.nn.functional has no {loss.name}"
         with warnings.catch_warnings():  # torch.compile's tracing notes are not the user's concern here
             warnings.simplefilter("ignore")
             start = time.perf_counter()
@@ -119,6 +119,6 @@ def _row(loss: Loss, which: str, args: list, params: dict, sizes: dict, repeat: 
         chosen = next(iter(getattr(fn, "backward_choice", {}).values()), None)  # auto's, per signature
         if chosen:
             note += f"; backward={chosen}"
-        return f"  {which:<12} {ms:8.3f} {mem}  {note}"
+        return f"  {which:<13} {ms:8.3f} {mem}  {note}"
     except Exception as err:  # a variant that cannot run is reported, not fatal: the others still compare
-        return f"  {which:<12} {'failed':>8} {'':>20}  {type(err).__name__}: {str(err).splitlines()[0][:80]}"
+        return f"  {which:<13} {'failed':>8} {'':>20}  {type(err).__name__}: {str(err).splitlines()[0][:80]}"
