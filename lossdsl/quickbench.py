@@ -17,11 +17,12 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from . import peak_memory
+from . import ir, peak_memory
 from .api import Loss
 from .errors import KindError, ParameterError
 
 DIFFERENTIABLE = ("real", "logits", "prob", "positive")
+DATA = ("target", "targets")  # labels, as in torch's losses: not differentiated (torch's BCE refuses to)
 # variant -> Loss.compile keywords; "torch" is torch.nn.functional's function of the same name
 OPTIONS = {"eager": {}, "fused": {"mode": "fused"}, "compiled": {"mode": "compiled"},
          "compiled_sym": {"mode": "compiled", "backward": "symbolic"},
@@ -44,12 +45,21 @@ def sample_inputs(loss: Loss, size: int, gen: torch.Generator) -> tuple[list[tor
     out = []
     for i in loss.inputs:
         if i.kind == "fn":
-            out.append(torch.nn.Tanh())
+            out.append(_stand_in(loss, i.name))
             continue
         shape = (size, OTHER) if i.axes is None else tuple(dim(a) for a in i.axes)
         out.append(_draw(i.kind, shape, dim(i.kind_arg) if i.kind_arg else OTHER, gen))
     sizes = {a: dim(a) for a in loss.axis_keywords()}
     return out, sizes
+
+
+def _stand_in(loss: Loss, name: str) -> Callable:
+    """A callable for the `fn` input `name`, fitted to how the formula calls it: with two arguments the
+    Euclidean distance of rows (triplet_margin_with_distance_loss's distance, torch's default there), with
+    one tanh (a feature map shaped like its input)."""
+    arity = max((len(call.args[1]) for call in loss.ir.expr.atoms(ir.FnCall) if str(call.args[0]) == name),
+                default=1)
+    return torch.nn.PairwiseDistance() if arity == 2 else torch.nn.Tanh()
 
 
 def _draw(kind: str, shape: tuple[int, ...], classes: int, gen: torch.Generator) -> torch.Tensor:
@@ -70,9 +80,23 @@ def timed(call: Callable[[], torch.Tensor], repeat: int) -> float:
     return statistics.median(times)
 
 
+# stdlib fn inputs that torch's function of the same name takes by keyword, under its own name
+TORCH_KEYWORD = {"distance": "distance_function"}
+
+
 def variant(loss: Loss, which: str, params: dict, sizes: dict) -> Callable | None:
     if which == "torch":
-        return getattr(F, loss.name, None)
+        builtin = getattr(F, loss.name, None)
+        by_keyword = [(k, i.name) for k, i in enumerate(loss.inputs) if i.kind == "fn" and i.name in TORCH_KEYWORD]
+        if builtin is None or not by_keyword:
+            return builtin
+
+        def call(*args: object) -> torch.Tensor:
+            skip = {k for k, _ in by_keyword}
+            keywords = {TORCH_KEYWORD[name]: args[k] for k, name in by_keyword}
+            return builtin(*(a for k, a in enumerate(args) if k not in skip), **keywords)
+
+        return call
     return loss.compile(**OPTIONS[which], **params, **sizes)
 
 
@@ -84,8 +108,8 @@ def run(loss: Loss, *, size: int = 4096, repeat: int = 20, variants: list[str] |
         raise ParameterError(f"unknown variant '{unknown[0]}'; use {', '.join(VARIANTS)}")
     gen = torch.Generator().manual_seed(0)
     inputs, sizes = sample_inputs(loss, size, gen)
-    args = [t.requires_grad_() if isinstance(t, torch.Tensor) and i.kind in DIFFERENTIABLE else t
-            for t, i in zip(inputs, loss.inputs, strict=True)]
+    args = [t.requires_grad_() if isinstance(t, torch.Tensor) and i.kind in DIFFERENTIABLE and i.name not in DATA
+            else t for t, i in zip(inputs, loss.inputs, strict=True)]
     if not any(isinstance(t, torch.Tensor) and t.requires_grad for t in args):
         raise KindError(f"'{loss.name}' has no differentiable input to time a backward pass through")
     shapes = ", ".join(f"{i.name}{list(t.shape)}" for i, t in zip(loss.inputs, args, strict=True)

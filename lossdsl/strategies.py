@@ -136,8 +136,9 @@ UNARY = ("sin({})", "cos({})", "tanh({})", "sigmoid({})", "softplus({})", "logsi
          "log(1 + ({})^2)", "sqrt(1 + ({})^2)", "|{}|", "relu({})", "erf({})", "({})^2", "-({})")
 BINARY = ("({}) + ({})", "({}) - ({})", "({}) * ({})", "({}) / (1 + ({})^2)", "max({}, {})", "min({}, {})",
           "where({0} > {1}, {0}, 2*{1})", "[{0} > 0] * ({1})", "({0} if {1} < 0.5 else -{1})")
+OVER_ALL = "max({})"  # reduces every index, n too: multiplied back by an n (or nc) tensor
 REDUCE = ("sum_c({})", "mean_c({})", "max_c({})", "min_c({})", "logsumexp_c({})", "norm_c(1 + ({})^2)",
-          "prod_c(1 + 0.5*tanh({}))", "sum_{{c != y}}({})", "max({})")
+          "prod_c(1 + 0.5*tanh({}))", "sum_{{c != y}}({})", OVER_ALL)
 NORMALISE = ("softmax_c({})", "log_softmax_c({})", "normalize_c(1 + ({})^2)")
 LEAVES = {"nc": ("x", "z", "x[n, c]", "z^1.5", "log(z)", "0.5*x", "sum_{m <= c}(x[n, m])", "max_{m >= c}(z[n, m])",
                  "logsumexp_{m <= c}(x[n, m])"),
@@ -160,9 +161,11 @@ def formula_exprs(draw: Callable, free: str = "nc", depth: int = 3) -> str:
         a, b = (a, b) if draw(st.booleans()) else (b, a)
         return draw(st.sampled_from(BINARY)).format(a, b)
     if form == "reduce":
-        inner = draw(formula_exprs("nc", depth - 1))
-        text = draw(st.sampled_from(REDUCE)).format(inner)
-        return text if free == "n" else f"({text}) * x"
+        reducer = draw(st.sampled_from(REDUCE))
+        text = reducer.format(draw(formula_exprs("nc", depth - 1)))
+        if free == "nc":
+            return f"({text}) * x"
+        return f"({text}) * w" if reducer == OVER_ALL else text
     return draw(st.sampled_from(NORMALISE)).format(draw(formula_exprs("nc", depth - 1))) if free == "nc" else \
         draw(formula_exprs(free, depth - 1))
 

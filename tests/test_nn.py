@@ -86,6 +86,18 @@ def test_module_matches_torch(name):
         torch.testing.assert_close(grad, torch.autograd.grad(ref.sum(), b[0])[0], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("bad", [1.5, -0.25])
+def test_bce_rejects_a_target_outside_0_1_as_torch_does(bad: float) -> None:
+    """torch's BCELoss raises for a target outside [0, 1] (the log terms would be weighted by a negative
+    factor, and the loss unbounded below); the stdlib declares the target a probability and says which input."""
+    x, y = torch.rand(2, 3, dtype=torch.float64), torch.rand(2, 3, dtype=torch.float64)
+    y[1, 2] = bad
+    with pytest.raises(RuntimeError, match="target"):
+        torch.nn.BCELoss()(x, y)
+    with pytest.raises(lossdsl.InputError, match=r"'target'.*outside \[0, 1\]"):
+        lnn.BCELoss()(x, y)
+
+
 def test_weights_are_buffers_like_torch():
     ours, theirs = lnn.BCEWithLogitsLoss(weight=W3, pos_weight=W3), torch.nn.BCEWithLogitsLoss(weight=W3,
                                                                                                pos_weight=W3)
