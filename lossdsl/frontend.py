@@ -7,6 +7,7 @@ by Python: defaults and constraint bounds go through `constant()`, a tiny evalua
 from __future__ import annotations
 
 import math
+import operator
 import re
 from collections.abc import Callable
 
@@ -32,6 +33,9 @@ WHOLE = ("sum", "mean", "prod", "max", "min", "logsumexp", "norm")
 SUBSCRIPTED_OPS = ("log_softmax", "logsumexp", "normalize", "softmax", "sum", "mean", "prod", "max", "min", "norm")
 SUBSCRIPTED = re.compile(rf"^({'|'.join(SUBSCRIPTED_OPS)})_(\w*)$")
 CONSTANTS = {"pi": sp.pi, "true": sp.Integer(1), "false": sp.Integer(0)}
+ARITHMETIC: dict[str, Callable[[float, float], float]] = {
+    "+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv, "^": operator.pow}
+CONSTRAINTS = (">", ">=", "<", "<=", "in")
 COMPARE = {"==": sp.Eq, "!=": sp.Ne, "<": sp.Lt, "<=": sp.Le, ">": sp.Gt, ">=": sp.Ge}
 LossLookup = Callable[[str], "s.LossDef | None"]
 
@@ -44,10 +48,20 @@ def constant(e: s.Expr, what: str) -> float | int | bool:
         return {"true": True, "false": False, "inf": math.inf}[e.name]
     if isinstance(e, s.Unary) and e.op == "-":
         return -constant(e.operand, what)
-    if isinstance(e, s.Binary) and e.op in "+-*/^":
+    if isinstance(e, s.Binary) and e.op in ARITHMETIC:
         a, b = constant(e.left, what), constant(e.right, what)
-        return {"+": a + b, "-": a - b, "*": a * b, "/": a / b, "^": a**b}[e.op]
+        try:
+            value = ARITHMETIC[e.op](a, b)
+            float(value)  # an int power beyond float's range (10^400) overflows here
+        except ZeroDivisionError:
+            raise ParameterError(f"{what} divides by zero", e.span) from None
+        except OverflowError:
+            raise ParameterError(f"{what} overflows a float", e.span) from None
+        except TypeError:  # float() of a complex number: a negative base to a fractional power
+            raise ParameterError(f"{what} is not a real number (({a})^{b} is complex)", e.span) from None
+        return value
     raise ParameterError(f"{what} must be a constant number", e.span)
+
 
 
 class Lowerer:
@@ -108,6 +122,9 @@ class Lowerer:
         default = None if decl.default is None else constant(decl.default, f"the default of '{decl.name}'")
         cons = None
         if decl.constraint is not None:
+            if decl.constraint.op not in CONSTRAINTS:
+                raise ParameterError(f"'{decl.name} {decl.constraint.op} ...' is not a constraint: use "
+                                     f"{', '.join(CONSTRAINTS[:-1])} or in [a, b]", decl.constraint.span)
             bounds = tuple(constant(b, f"the bound of '{decl.name}'") for b in decl.constraint.bounds)
             cons = (decl.constraint.op, bounds)
         axes = None
@@ -117,6 +134,7 @@ class Lowerer:
                 self.axes.add(name)
         param = ir.Param(decl.name, axes, decl.type, default, cons)
         if default is not None:
+            check_default_type(param, default, decl.span)
             check_param_value(param, default, decl.span)
         self.params[decl.name] = param
 
@@ -239,7 +257,7 @@ class Lowerer:
 
     def cond(self, e: s.Expr) -> sp.Basic:
         c = self.expr(e)
-        if isinstance(c, (sp.core.relational.Relational, sp.logic.boolalg.Boolean)):
+        if isinstance(c, sp.logic.boolalg.Boolean) and not isinstance(c, sp.Expr):  # a Symbol is both
             return c
         return sp.Ne(c, 0)
 
@@ -528,6 +546,16 @@ class Lowerer:
             for label in (name, mine, root):  # `name` itself survives as a bound index of the callee's reductions
                 self.axes.add(label)
                 self.axes.union(root, label)
+
+
+def check_default_type(p: ir.Param, value: float | int | bool, span: s.Span) -> None:
+    """An int parameter's default is an integer and a bool's is true or false: what a value given by keyword
+    must be (api._check_type), so the default is not the one value of the wrong type that gets through."""
+    shown = str(value).lower() if isinstance(value, bool) else value  # as the language spells it
+    if p.type == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ParameterError(f"parameter '{p.name}' is an int, but its default is {shown}", span)
+    if p.type == "bool" and not isinstance(value, bool):
+        raise ParameterError(f"parameter '{p.name}' is a bool: its default is true or false, not {shown}", span)
 
 
 def check_param_value(p: ir.Param, value, span=None) -> None:
