@@ -67,8 +67,9 @@ def constant(e: s.Expr, what: str) -> float | int | bool:
 class Lowerer:
     """Lowers one loss definition. A child Lowerer inlines a called loss into its caller's IR."""
 
-    def __init__(self, d: s.LossDef, lookup: LossLookup, prefix: str = "") -> None:
+    def __init__(self, d: s.LossDef, lookup: LossLookup, prefix: str = "", callers: tuple[str, ...] = ()) -> None:
         self.d, self.lookup, self.prefix = d, lookup, prefix
+        self.callers = (*callers, d.name)  # the losses being inlined into one another, outermost first
         self.axes = Axes()
         self.inputs: dict[str, ir.Input] = {}
         self.params: dict[str, ir.Param] = {}
@@ -431,12 +432,17 @@ class Lowerer:
             x, lo, hi = self.args(e, 3)
             return sp.Min(sp.Max(x, lo), hi)
         if f == "where":
-            c, a, b = e.args if len(e.args) == 3 else self.args(e, 3)
+            self.arity(e, 3)
+            c, a, b = e.args
             return sp.Piecewise((self.expr(a), self.cond(c)), (self.expr(b), True))
         if f == "grad":
             out, wrt = self.args(e, 2)
             return ir.Grad(out, wrt)
-        if f in WHOLE and len(e.args) == 1 and not e.kwargs:
+        if f in WHOLE and not (f in BINARY and len(e.args) == 2):
+            if len(e.args) != 1 or e.kwargs:
+                raise KindError(f"{f}() reduces one expression over all its indices, as in {f}(x); got "
+                                f"{len(e.args)} arguments" + (" (min and max of two take exactly two)"
+                                                              if f in BINARY else ""), e.span)
             body = self.expr(e.args[0])
             return ir.REDUCTIONS[f](body, sp.Tuple(*free_indices(body)), sp.true)
         if f in BINARY:
@@ -456,9 +462,14 @@ class Lowerer:
         return ir.FnCall(sp.Symbol(e.func), sp.Tuple(*(self.expr(a) for a in e.args)), sp.Tuple())
 
     def args(self, e: s.Call, n: int) -> list[sp.Expr]:
-        if len(e.args) != n or e.kwargs:
-            raise KindError(f"{e.func}() takes {n} argument{'s' if n > 1 else ''}, got {len(e.args)}", e.span)
+        self.arity(e, n)
         return [self.expr(a) for a in e.args]
+
+    def arity(self, e: s.Call, n: int) -> None:
+        """Built-in functions take positional arguments only: a keyword is a typo, not an option."""
+        if len(e.args) != n or e.kwargs:
+            got = f"{len(e.args)}" + (f" and the keyword '{e.kwargs[0][0]}'" if e.kwargs else "")
+            raise KindError(f"{e.func}() takes {n} argument{'s' if n > 1 else ''}, got {got}", e.span)
 
     def reduction_braced(self, e: s.Call) -> sp.Expr:
         op = e.func.rstrip("_")
@@ -490,6 +501,8 @@ class Lowerer:
         indices, conds = [], []
         for it in items:
             sym = self.idx(it.index, it.group)
+            if sym in indices:
+                raise ScopeError(f"index '{it.index}' is listed twice in one reduction", it.span)
             if sym not in free and not was_known[it.index]:
                 known = [str(i).removeprefix(self.prefix) for i in free]
                 raise ScopeError(f"index '{it.index}' does not occur in the reduced expression"
@@ -505,7 +518,11 @@ class Lowerer:
 
     def inline(self, callee: s.LossDef, e: s.Call) -> sp.Expr:
         """Inline another loss per element: its inputs become intermediates bound to the arguments."""
-        child = Lowerer(callee, self.lookup, prefix=f"{callee.name}__")
+        if callee.name in self.callers:
+            cycle = " -> ".join((*self.callers[self.callers.index(callee.name):], callee.name))
+            raise KindError(f"loss '{callee.name}' calls itself ({cycle}): a loss is inlined, so it cannot recurse",
+                            e.span)
+        child = Lowerer(callee, self.lookup, prefix=f"{callee.name}__", callers=self.callers)
         if len(e.args) != len(callee.inputs):
             raise KindError(f"loss '{callee.name}' takes {len(callee.inputs)} inputs, got {len(e.args)}", e.span)
         back: dict[sp.Symbol, sp.Symbol] = {}
@@ -527,7 +544,10 @@ class Lowerer:
             if key not in child.params:
                 raise UnknownNameError(f"loss '{callee.name}' has no parameter '{key}'"
                                        + did_you_mean(key, child.params), val.span)
-            child.values[key] = (self.expr(val), ())
+            value = self.expr(val)
+            if value.is_number and value.is_real:  # a constant is checked now; an expression varies per element
+                check_param_value(child.params[key], float(value), val.span)
+            child.values[key] = (value, ())
         for name, p in child.params.items():
             if name not in child.values:
                 if p.default is None:
