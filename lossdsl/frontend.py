@@ -70,6 +70,7 @@ class Lowerer:
     def __init__(self, d: s.LossDef, lookup: LossLookup, prefix: str = "", callers: tuple[str, ...] = ()) -> None:
         self.d, self.lookup, self.prefix = d, lookup, prefix
         self.callers = (*callers, d.name)  # the losses being inlined into one another, outermost first
+        self.calls = 0  # loss calls inlined so far: each call site's indices get a prefix of their own
         self.axes = Axes()
         self.inputs: dict[str, ir.Input] = {}
         self.params: dict[str, ir.Param] = {}
@@ -260,6 +261,8 @@ class Lowerer:
         c = self.expr(e)
         if isinstance(c, sp.logic.boolalg.Boolean) and not isinstance(c, sp.Expr):  # a Symbol is both
             return c
+        if isinstance(c, sp.Symbol) and c.name in self.params and self.params[c.name].type == "bool":
+            return c  # `p if use_sigmoid else q`: a Python choice once the module's value is known
         return sp.Ne(c, 0)
 
     def unary(self, e: s.Unary) -> sp.Basic:
@@ -327,7 +330,16 @@ class Lowerer:
             if str(a).startswith(self.prefix) and name in self.alias:
                 mapping[a] = self.idx(name)
                 self.bind(mapping[a], str(a))
-        return rename(value, mapping)
+        return self.rename(value, mapping)
+
+    def rename(self, value: sp.Expr, mapping: dict[sp.Symbol, sp.Basic]) -> sp.Expr:
+        """scope.rename, with each bound index it renames to avoid a capture kept on its axis: reading
+        s[i, d] of `s[i, j] = sum_d(...)` renames the sum's d, which must still range over d's axis."""
+        renamed: dict[sp.Symbol, sp.Symbol] = {}
+        out = rename(value, mapping, renamed)
+        for new, old in renamed.items():
+            self.axes.union(str(old), str(new))
+        return out
 
     # ---- indexing
     def subscript(self, e: s.Subscript) -> sp.Expr:
@@ -355,12 +367,12 @@ class Lowerer:
     def reindex(self, value: sp.Expr, axes: tuple[sp.Symbol, ...], slots: list[sp.Expr]) -> sp.Expr:
         """Rename when every slot is a distinct index; otherwise read the value at the given positions."""
         if all(ir.is_index(v) for v in slots) and len(set(slots)) == len(slots):
-            return rename(value, dict(zip(axes, slots, strict=True)))
+            return self.rename(value, dict(zip(axes, slots, strict=True)))
         keep = [(a, v) for a, v in zip(axes, slots, strict=True) if not (ir.is_index(v) and v == a)]
         mapping = {a: v for a, v in keep if ir.is_index(v) and sum(1 for _, w in keep if w == v) == 1
                    and v not in axes}
         rest = [(a, v) for a, v in keep if a not in mapping]
-        inner = rename(value, mapping)
+        inner = self.rename(value, mapping)
         if not rest:
             return inner
         return ir.At(inner, sp.Tuple(*(a for a, _ in rest)), sp.Tuple(*(v for _, v in rest)))
@@ -384,6 +396,10 @@ class Lowerer:
                 raise ShapeError(f"the group *{item.group} stands where axis '{axis}' is declared", item.span)
             self.bind(sym, axis)
             return sym
+        if axis is not None and axis.startswith("*"):
+            group = axis.removeprefix("*").removeprefix(self.prefix)
+            raise ShapeError(f"the group *{group} (any number of axes) is indexed with a group, as in *{group}; "
+                             f"got '{item.expr.name if isinstance(item.expr, s.Name) else 'a value'}'", item.span)
         ex = item.expr
         if isinstance(ex, s.Name) and ex.name not in self.inputs and ex.name not in self.params \
                 and ex.name not in self.values:
@@ -479,10 +495,13 @@ class Lowerer:
         return self.reduction(e, op, list(e.red_items or ()))
 
     def reduction(self, e: s.Call, op: str, items: list[s.RedItem]) -> sp.Expr:
-        """A reduction binds its indices locally: `k` in two sums may range over two different axes."""
+        """A reduction binds its indices locally: `k` in two sums may range over two different axes. A
+        normaliser's index stays free (softmax_k(x[n, k]) is indexed by k), so it is not made local."""
         declared = {a for d in (*self.inputs.values(), *self.params.values()) for a in d.axes or ()}
         saved = dict(self.alias)
         for it in items:
+            if op in ir.NORMALISERS:
+                break
             if not it.group and str(self.idx(it.index)) not in declared and it.index not in self.values:
                 self.alias[it.index] = fresh(ir.index_symbol(it.index)).name
         try:
@@ -522,7 +541,9 @@ class Lowerer:
             cycle = " -> ".join((*self.callers[self.callers.index(callee.name):], callee.name))
             raise KindError(f"loss '{callee.name}' calls itself ({cycle}): a loss is inlined, so it cannot recurse",
                             e.span)
-        child = Lowerer(callee, self.lookup, prefix=f"{callee.name}__", callers=self.callers)
+        self.calls += 1
+        prefix = f"{self.prefix}{callee.name}{self.calls}__"  # rowsum(x) + rowsum(y): two axes apart, not one
+        child = Lowerer(callee, self.lookup, prefix=prefix, callers=self.callers)
         if len(e.args) != len(callee.inputs):
             raise KindError(f"loss '{callee.name}' takes {len(callee.inputs)} inputs, got {len(e.args)}", e.span)
         back: dict[sp.Symbol, sp.Symbol] = {}
@@ -538,8 +559,9 @@ class Lowerer:
                                  f"got {len(own)}", arg.span)
             inner = [ir.index_symbol(a) for a in axes]
             for a, o in zip(inner, own, strict=True):
-                back.setdefault(a, o)
-            child.values[decl.name] = (rename(value, dict(zip(own, inner, strict=True))), tuple(inner))
+                if back.setdefault(a, o) != o:  # pair(p, q) with u[e], v[e]: p's axis and q's are one
+                    self.axes.union(str(back[a]), str(o))
+            child.values[decl.name] = (self.rename(value, dict(zip(own, inner, strict=True))), tuple(inner))
         for key, val in e.kwargs:
             if key not in child.params:
                 raise UnknownNameError(f"loss '{callee.name}' has no parameter '{key}'"
@@ -556,7 +578,7 @@ class Lowerer:
         sub = child.lower()
         self.broadcast = self.broadcast or sub.broadcast
         self.adopt_axes(child.axes, back)
-        return rename(sub.expr, back)
+        return self.rename(sub.expr, back)
 
     def adopt_axes(self, other: Axes, back: dict[sp.Symbol, sp.Symbol]) -> None:
         """Carry an inlined callee's axis equalities over to this loss, in this loss's index names."""

@@ -280,6 +280,13 @@ def vjp_seed(loss: ir.LossIR, reduction: str) -> sp.Expr:
     return sp.Symbol(GRAD_OUT, real=True)
 
 
+def _fixed_cond(cond: sp.Basic, conds: dict, nums: dict) -> sp.Basic:
+    """A condition with its parameters fixed: a bool parameter standing alone becomes true or false, and
+    inside a comparison its number (SymPy has Ne(false, 0) true: false is not the number 0)."""
+    cond = cond.replace(lambda x: isinstance(x, sp.core.relational.Relational), lambda r: r.xreplace(nums))
+    return cond.xreplace(conds)
+
+
 def specialise(loss: ir.LossIR, values: dict[str, int | bool]) -> ir.LossIR:
     """The loss with its int and bool parameters fixed to the module's values. The backward is generated
     per module anyway; fixed, `sigmoid(p) if use_sigmoid else p` loses its dead branch, whose softmax,
@@ -295,7 +302,7 @@ def specialise(loss: ir.LossIR, values: dict[str, int | bool]) -> ir.LossIR:
         if e is None:
             return None
         e = e.replace(lambda x: isinstance(x, sp.Piecewise),
-                      lambda x: sp.Piecewise(*((a.expr, a.cond.xreplace(conds)) for a in x.args)))
+                      lambda x: sp.Piecewise(*((a.expr, _fixed_cond(a.cond, conds, nums)) for a in x.args)))
         return e.xreplace(nums)
 
     return dataclasses.replace(loss, expr=fix(loss.expr), reduce_weight=fix(loss.reduce_weight))

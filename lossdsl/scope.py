@@ -88,8 +88,10 @@ def fresh(sym: sp.Symbol) -> sp.Symbol:
     return ir.index_symbol(f"{base}__{next(_fresh)}")
 
 
-def rename(e: sp.Basic, mapping: dict[sp.Symbol, sp.Basic]) -> sp.Basic:
-    """Substitute free index symbols, renaming bound indices that would capture a new name."""
+def rename(e: sp.Basic, mapping: dict[sp.Symbol, sp.Basic],
+           renamed: dict[sp.Symbol, sp.Symbol] | None = None) -> sp.Basic:
+    """Substitute free index symbols, renaming bound indices that would capture a new name. `renamed`, when
+    given, collects each fresh bound name with the one it replaced: the front end puts it on the same axis."""
     if not mapping:
         return e
     if ir.is_index(e):
@@ -101,15 +103,17 @@ def rename(e: sp.Basic, mapping: dict[sp.Symbol, sp.Basic]) -> sp.Basic:
         for b in e.indices:
             if b in incoming:
                 nb = fresh(b)
-                body, cond = rename(body, {b: nb}), rename(cond, {b: nb})
+                body, cond = rename(body, {b: nb}, renamed), rename(cond, {b: nb}, renamed)
+                if renamed is not None:
+                    renamed[nb] = b
                 b = nb
             new_idx.append(b)
-        return type(e)(rename(body, inner), sp.Tuple(*new_idx), rename(cond, inner))
+        return type(e)(rename(body, inner, renamed), sp.Tuple(*new_idx), rename(cond, inner, renamed))
     if isinstance(e, ir.At):
         body, axes, values = e.args
         inner = {k: v for k, v in mapping.items() if k not in axes}
-        return ir.At(rename(body, inner), axes, sp.Tuple(*(rename(v, mapping) for v in values)))
+        return ir.At(rename(body, inner, renamed), axes, sp.Tuple(*(rename(v, mapping, renamed) for v in values)))
     if not e.args or isinstance(e, ir.Size):
         return e
-    new_args = [rename(a, mapping) for a in e.args]
+    new_args = [rename(a, mapping, renamed) for a in e.args]
     return e.func(*new_args) if any(a is not b for a, b in zip(new_args, e.args, strict=True)) else e

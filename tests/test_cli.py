@@ -124,11 +124,12 @@ def test_bench_default_variants_include_torch_compile(tmp_path):
 @pytest.mark.slow
 def test_bench_counts_the_gradients_in_forward_holds(tmp_path):
     """The peak column is a whole step's: in_forward's gradients, computed in the forward and kept on ctx
-    rather than saved for backward, are in it (mse_loss at 256 x 16 float32: two 16 KiB gradients)."""
+    rather than saved for backward, are in it (mse_loss at 256 x 16 float32: the input's 16 KiB gradient;
+    the target is data, not differentiated)."""
     done = run("bench", "mse_loss", "--size", "256", "--repeat", "3", "--variants", "compiled_fwd,eager",
                cwd=tmp_path)
     rows = {line.split()[0]: line.split() for line in done.stdout.splitlines()[2:]}
-    assert rows["compiled_fwd"][3] == "KiB" and float(rows["compiled_fwd"][2]) >= 32, done.stdout
+    assert rows["compiled_fwd"][3] == "KiB" and float(rows["compiled_fwd"][2]) >= 16, done.stdout
     assert "peak memory" in done.stdout.splitlines()[1]
 
 

@@ -210,6 +210,20 @@ def test_bool_parameters_prune_the_dead_branch_of_the_backward(flags):
     assert ("sigmoid" in ops) == bool(flags.get("use_sigmoid"))
 
 
+@pytest.mark.parametrize("cond", ["b", "b == 1", "b != 0", "not b == 0"])
+@pytest.mark.parametrize("value", [False, True])
+def test_a_bool_parameter_compared_with_a_number_takes_the_same_branch_as_eager(cond: str, value: bool) -> None:
+    """The backward fixes bool parameters to the module's values; inside a comparison that is the number 0
+    or 1, not SymPy's false/true (Eq(true, 1) is false in SymPy), else fused took the other branch."""
+    src = f"loss a(x; b: bool = false):\n    where({cond}, x^2, 3*x)"
+    x = torch.linspace(-2, 2, 5, dtype=torch.float64, requires_grad=True)
+    expected = 2 * x.detach() if value else torch.full_like(x, 3.0)
+    eager, fused_ = lossdsl.compile(src, b=value, reduction="sum"), lossdsl.compile(src, mode="fused", b=value,
+                                                                                     reduction="sum")
+    torch.testing.assert_close(torch.autograd.grad(eager(x), x)[0], expected)
+    torch.testing.assert_close(torch.autograd.grad(fused_(x), x)[0], expected)
+
+
 @pytest.mark.parametrize("name", ["info_nce", "nt_xent"])
 def test_fused_gradient_at_zero_vectors_equals_eager(name):
     """normalize of an all-zero row divides by 1 in the forward; the symbolic backward must do the same
