@@ -286,7 +286,7 @@ def test_a_number_used_as_a_condition_means_it_is_nonzero() -> None:
     ("[x and y]", iverson(sp.And(sp.Ne(x, 0), sp.Ne(y, 0)))),
     ("where(x, y, z)", sp.Piecewise((y, sp.Ne(x, 0)), (z, True))),
 ])
-def test_bug_a_scalar_input_used_as_a_condition_means_it_is_nonzero(text: str, expected: sp.Expr) -> None:
+def test_a_scalar_input_used_as_a_condition_means_it_is_nonzero(text: str, expected: sp.Expr) -> None:
     assert lower_text(f"loss a(x, y, z):\n    {text}").expr == expected
 
 
@@ -663,55 +663,55 @@ def test_a_rejected_definition_names_the_problem_at_its_place(text: str, cls: ty
     assert rendered[2].index("^") == 4 + where[1] - 1
 
 
-# ---------------------------------------------------------------- known bugs (kept failing on purpose)
+# ---------------------------------------------------------------- regressions: bugs these tests found, fixed
 
 
-def test_bug_calling_a_loss_twice_keeps_the_callers_axes_apart() -> None:
+def test_calling_a_loss_twice_keeps_the_callers_axes_apart() -> None:
     loss = lower_text("loss rowsum(u[m, e]):\n    sum_e(u)\nloss a(x[n, c], y[n, d]):\n    rowsum(x) + rowsum(y)")
     assert not same_axis(loss, "c", "d")  # x and y may have different widths
 
 
-def test_bug_a_called_loss_ties_the_axes_its_inputs_share() -> None:
+def test_a_called_loss_ties_the_axes_its_inputs_share() -> None:
     loss = lower_text("loss pair(u[e], v[e]):\n    sum_e(u * v)\nloss a(p[c], q[d]):\n    pair(p, q)")
     assert same_axis(loss, "c", "d")  # else a size mismatch surfaces as torch's RuntimeError, not an InputError
 
 
-def test_bug_a_normaliser_over_a_new_index_name_keeps_that_name() -> None:
+def test_a_normaliser_over_a_new_index_name_keeps_that_name() -> None:
     loss = lower_text("loss a(x[n, c], y[n, c]):\n    softmax_k(x[n, k]) * y[n, k]")
     assert len(loss.free) == 2  # elementwise over (n, k), not an outer product over (n, k__1, k)
 
 
-def test_bug_reading_an_intermediate_with_its_bound_index_name() -> None:
+def test_reading_an_intermediate_with_its_bound_index_name() -> None:
     loss = lower_text("loss a(q[i, d], k[j, d]):\n    s[i, j] = sum_d(q[i, d] * k[j, d])\n    s[i, d]")
     q, k = randn(3, 4), randn(4, 4)
     close(Reference(loss, {"q": q, "k": k}).table(), q @ k.T)
 
 
 @pytest.mark.parametrize("default,expected", [("2^0", 1), ("1 + 0", 1), ("3 * 0", 0), ("100.0 * 200", 20000.0)])
-def test_bug_a_default_with_a_zero_or_large_right_operand(default: str, expected: float) -> None:
+def test_a_default_with_a_zero_or_large_right_operand(default: str, expected: float) -> None:
     (p,) = lower_text(f"loss a(x; w = {default}):\n    x * w").params
     assert p.default == expected
 
 
 @pytest.mark.parametrize("default", ["1/0", "10.0^400", "(-1)^0.5"])
-def test_bug_a_default_python_cannot_compute_as_a_real_number_is_a_parameter_error(default: str) -> None:
+def test_a_default_python_cannot_compute_as_a_real_number_is_a_parameter_error(default: str) -> None:
     with pytest.raises(ParameterError, match="'w'"):
         lower_text(f"loss a(x; w = {default}):\n    x * w")
 
 
 @pytest.mark.parametrize("decl", ["w = 1 == 2", "w = 1 != 1"])  # wrong whether or not `==` is meant to work
-def test_bug_an_equality_constraint_is_a_loss_error(decl: str) -> None:
+def test_an_equality_constraint_is_a_loss_error(decl: str) -> None:
     with pytest.raises(LossError):
         lower_text(f"loss a(x; {decl}):\n    x * w")
 
 
 @pytest.mark.parametrize("decl", ["k: int = 1.5", "k: bool = 2"])
-def test_bug_a_typed_parameter_default_of_the_wrong_type_is_rejected(decl: str) -> None:
+def test_a_typed_parameter_default_of_the_wrong_type_is_rejected(decl: str) -> None:
     with pytest.raises(ParameterError, match="'k'"):
         lower_text(f"loss a(x; {decl}):\n    x * k")
 
 
-def test_bug_a_recursive_loss_is_a_loss_error() -> None:
+def test_a_recursive_loss_is_a_loss_error() -> None:
     try:
         lower_text("loss b(u):\n    a(u)\nloss a(x):\n    b(x)")
         raised: type[BaseException] | None = None
@@ -721,27 +721,27 @@ def test_bug_a_recursive_loss_is_a_loss_error() -> None:
 
 
 @pytest.mark.parametrize("call", ["sum(x, x)", "mean()"])
-def test_bug_a_reduction_with_the_wrong_argument_count_does_not_suggest_itself(call: str) -> None:
+def test_a_reduction_with_the_wrong_argument_count_does_not_suggest_itself(call: str) -> None:
     err = lowering_error(f"loss a(x[n]):\n    {call}")
     name = call.split("(")[0]
     assert f"did you mean '{name}'" not in err.message
 
 
-def test_bug_where_rejects_keywords_like_the_other_functions() -> None:
+def test_where_rejects_keywords_like_the_other_functions() -> None:
     with pytest.raises(KindError):
         lower_text("loss a(x[n]):\n    where(x > 0, x, 0, k = 1)")
 
 
-def test_bug_a_constant_keyword_violating_the_callees_constraint_is_rejected() -> None:
+def test_a_constant_keyword_violating_the_callees_constraint_is_rejected() -> None:
     with pytest.raises(ParameterError, match="kk"):
         lower_text("loss sc(u; kk = 2 > 0):\n    kk * u\nloss a(x[n]):\n    sc(x, kk = -1)")
 
 
-def test_bug_an_index_listed_twice_in_a_reduction_is_rejected() -> None:
+def test_an_index_listed_twice_in_a_reduction_is_rejected() -> None:
     with pytest.raises(LossError):
         lower_text("loss a(x[n, c]):\n    sum_{c, c}(x)")
 
 
-def test_bug_a_single_index_where_a_group_is_declared_is_a_shape_error() -> None:
+def test_a_single_index_where_a_group_is_declared_is_a_shape_error() -> None:
     with pytest.raises(ShapeError, match=r"\*s"):
         lower_text("loss a(x[n, c, *s]):\n    x[n, c, k]")
