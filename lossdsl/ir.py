@@ -22,22 +22,40 @@ import sympy as sp
 from sympy.codegen.cfunctions import expm1, log1p  # noqa: F401 - re-exported for the front end
 
 
+class _Numeric(sp.Function):
+    """A function SymPy has no numeric value for: of numbers, it evaluates as the elementary form it stands
+    for, so `relu(-1) + x` compiles (the code generator prints numbers with float()) and folds."""
+
+    def _eval_evalf(self, prec: int) -> sp.Expr | None:
+        if not all(a.is_number for a in self.args):
+            return None
+        return self.elementary(*self.args)._eval_evalf(prec)
+
+
 class sigmoid(sp.Function):  # noqa: N801 - lower-case like sympy's own functions
     def fdiff(self, argindex=1):
         return sigmoid(self.args[0]) * (1 - sigmoid(self.args[0]))
 
 
-class softplus(sp.Function):  # noqa: N801
+class softplus(_Numeric):  # noqa: N801
+    @staticmethod
+    def elementary(a: sp.Expr) -> sp.Expr:
+        return sp.log(1 + sp.exp(a))
+
     def fdiff(self, argindex=1):
         return sigmoid(self.args[0])
 
 
-class logsigmoid(sp.Function):  # noqa: N801
+class logsigmoid(_Numeric):  # noqa: N801
+    @staticmethod
+    def elementary(a: sp.Expr) -> sp.Expr:
+        return -sp.log(1 + sp.exp(-a))
+
     def fdiff(self, argindex=1):
         return sigmoid(-self.args[0])
 
 
-class logcosh(sp.Function):  # noqa: N801
+class logcosh(_Numeric):  # noqa: N801
     """log(cosh(a)), as the log_cosh rewrite leaves it: a node of its own because its derivative is tanh(a),
     while its stable form (stable.log_cosh_form: a clamp, a sinh and a log1p) differentiates into 25
     times as much text and as many full-size temporaries. Generated code evaluates the form in an
@@ -51,14 +69,22 @@ class logcosh(sp.Function):  # noqa: N801
             return cls(-a)
         return None
 
+    @staticmethod
+    def elementary(a: sp.Expr) -> sp.Expr:
+        return sp.log(sp.cosh(a))
+
     def fdiff(self, argindex=1):
         return sp.tanh(self.args[0])
 
-    def _latex(self, printer):
-        return rf"\log\cosh\left({printer._print(self.args[0])}\right)"
+    def _latex(self, printer, exp=None) -> str:
+        return _power(rf"\log\cosh\left({printer._print(self.args[0])}\right)", exp)
 
 
-class relu(sp.Function):  # noqa: N801
+class relu(_Numeric):  # noqa: N801
+    @staticmethod
+    def elementary(a: sp.Expr) -> sp.Expr:
+        return sp.Max(a, 0)
+
     def fdiff(self, argindex=1):
         return sp.Heaviside(self.args[0], 0)
 
@@ -70,8 +96,12 @@ class isfinite(sp.Function):  # noqa: N801
         return sp.Integer(0)
 
 
-class xlogy(sp.Function):  # noqa: N801
+class xlogy(_Numeric):  # noqa: N801
     """x*log(y), defined as 0 where x == 0 (torch.xlogy)."""
+
+    @staticmethod
+    def elementary(x: sp.Expr, y: sp.Expr) -> sp.Expr:
+        return sp.Integer(0) if x.is_zero else x * sp.log(y)
 
     def fdiff(self, argindex=1):
         x, y = self.args

@@ -382,11 +382,13 @@ class Emitter:
         *rows, (last, last_cond) = c.rows
         if last_cond is not None:
             self.notes.append("read the last row of a cases block as 'otherwise'")
-        out = self.emit(last)
-        for value, cond in reversed(rows):
+        for value, cond in rows:
             if cond is None:
                 raise LatexError("only the last row of a cases block may be 'otherwise'", _span(self.text, value.pos))
-            out = f"({self.emit(value)} if {self.emit(cond)} else {out})"
+        emitted = [(self.emit(value), self.emit(cond)) for value, cond in rows]  # in reading order: the header's
+        out = self.emit(last)
+        for value, cond in reversed(emitted):
+            out = f"({value} if {cond} else {out})"
         return out
 
     def emit_cmp(self, c: Cmp) -> str:

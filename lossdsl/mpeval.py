@@ -36,11 +36,29 @@ def _log(x):
 
 
 def _pow(b, e):
+    if mp.isnan(e) and b != 1:  # IEEE: 1^nan = 1, and x^0 = 1 below; anything else to a nan power is nan
+        return mp.nan
     if b == 0:
         return mp.mpf(1) if e == 0 else (mp.inf if re(e) < 0 else mp.mpf(0))
-    if re(b) < 0 and e != int(re(e)):
+    if re(b) < 0 and mp.isfinite(e) and e != int(re(e)):
         return mp.nan
+    if re(b) < 0 and mp.isinf(e):  # torch (C's pow): |b| > 1 to +inf is inf, |b| < 1 is 0, -1 is 1
+        return mp.power(abs(b), e)
     return mp.power(b, e)
+
+
+def _logcosh(x):
+    """log(cosh(x)) as log1p(expm1-like cosh(x) - 1): cosh(x) - 1 = 2 sinh(x/2)^2 keeps x^2/2 below the
+    working precision, where log(cosh(x)) is 0."""
+    return mp.log1p(2 * mp.sinh(x / 2) ** 2)
+
+
+def _erf(x):
+    """mpmath's erf of a complex argument drops a tiny imaginary part (the complex step of the gradient
+    check): erf(a + ih) = erf(a) + ih erf'(a) to first order, which is all the step reads."""
+    if isinstance(x, mp.mpc) and abs(x.imag) < mp.mpf(10) ** (-mp.dps // 2) * (1 + abs(x.real)):
+        return mp.erf(x.real) + 1j * x.imag * 2 / mp.sqrt(mp.pi) * mp.exp(-x.real**2)
+    return mp.erf(x)
 
 
 def _xlogy(x, y):
@@ -54,14 +72,14 @@ def _sign(x):
 FUNCS: dict[type, Callable] = {
     sp.exp: mp.exp, sp.log: _log, sp.Abs: lambda x: -x if re(x) < 0 else x, sp.sign: _sign, sp.sin: mp.sin,
     sp.cos: mp.cos, sp.tan: mp.tan, sp.tanh: mp.tanh, sp.cosh: mp.cosh, sp.sinh: mp.sinh, sp.acos: mp.acos,
-    sp.asin: mp.asin, sp.atan: mp.atan, sp.erf: mp.erf,
+    sp.asin: mp.asin, sp.atan: mp.atan, sp.erf: _erf,
     ir.sigmoid: lambda x: 1 / (1 + mp.exp(-x)),
     ir.logsigmoid: lambda x: -mp.log1p(mp.exp(-x)),
     ir.softplus: lambda x: mp.log1p(mp.exp(x)),
     ir.relu: lambda x: x if re(x) > 0 else mp.mpf(0),
     ir.log1p: lambda x: mp.nan if re(x) < -1 else mp.log1p(x),
     ir.expm1: mp.expm1,
-    ir.logcosh: lambda x: mp.log(mp.cosh(x)),
+    ir.logcosh: lambda x: _logcosh(x),
     sp.Heaviside: lambda x: mp.mpf(re(x) > 0),
 }
 COMPARE = {sp.Eq: lambda a, b: a == b, sp.Ne: lambda a, b: a != b, sp.Lt: lambda a, b: re(a) < re(b),
@@ -100,6 +118,8 @@ class Evaluator:
     def _ev(self, e: sp.Basic, env: dict) -> object:
         if e is sp.true or e is sp.false:
             return bool(e)
+        if e is sp.nan:
+            return mp.nan
         if e.is_infinite:
             return mp.inf if e.is_extended_positive else mp.ninf
         if e.is_Number or e.is_NumberSymbol:
@@ -172,6 +192,8 @@ class Evaluator:
         if op == "prod":
             return mp.fprod(vals)
         if op in ("max", "min"):
+            if any(mp.isnan(v) for v in vals):  # as torch.amax: Python's max() keeps a nan only if it is first
+                return mp.nan
             return (max if op == "max" else min)(vals, key=re) if vals else (mp.ninf if op == "max" else mp.inf)
         if op == "norm":
             return mp.sqrt(mp.fsum(v * v for v in vals))
