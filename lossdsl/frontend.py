@@ -106,7 +106,10 @@ class Lowerer:
         if decl.kind not in KINDS:
             raise KindError(f"unknown kind '{decl.kind}' for input '{decl.name}'" + did_you_mean(decl.kind, KINDS),
                             decl.span)
-        if (decl.kind == "index") != (decl.kind_arg is not None):
+        if decl.kind != "index" and decl.kind_arg is not None:
+            raise KindError(f"only the kind `index` takes an axis (`index({decl.kind_arg})`); "
+                            f"`{decl.kind}` stands alone, as in `{decl.name}: {decl.kind}`", decl.span)
+        if decl.kind == "index" and decl.kind_arg is None:
             raise KindError("the kind `index` takes the axis it indexes, as in `y[n]: index(c)`", decl.span)
         if decl.kind == "fn" and decl.axes is not None:
             raise KindError(f"the `fn` input '{decl.name}' cannot have axes", decl.span)
@@ -510,6 +513,9 @@ class Lowerer:
             self.alias = saved
 
     def bound_reduction(self, e: s.Call, op: str, items: list[s.RedItem]) -> sp.Expr:
+        if any(not it.index for it in items):
+            more = "" if op in ir.NORMALISERS else f", {op}_{{c, k}}(x) for several, or {op}(x) for all"
+            raise ScopeError(f"{op}_ names no index: write {op}_c(x) for one axis{more}", e.span)
         if len(e.args) != 1 or e.kwargs:
             raise KindError(f"{op}_{{...}}() takes one expression, got {len(e.args)}", e.span)
         was_known = {it.index: self.axes.known(str(self.idx(it.index, it.group))) for it in items}

@@ -648,6 +648,12 @@ ERRORS = [
      "loss 'sc' has no parameter 'k'; did you mean 'kk'?", (4, 15)),
     ("loss sc(u; kk):\n    kk * u\nloss a(x[n]):\n    sc(x)", ParameterError, "loss 'sc' needs a value for 'kk'",
      (4, 5)),
+    ("loss a(x: real(c)):\n    x", KindError, "only the kind `index` takes an axis (`index(c)`); `real` stands alone",
+     (1, 8)),
+    ("loss a(x[n]):\n    sum_(x)", ScopeError, "sum_ names no index: write sum_c(x) for one axis, sum_{c, k}(x)",
+     (2, 5)),
+    ("loss a(x[n]):\n    softmax_(x)", ScopeError, "softmax_ names no index: write softmax_c(x) for one axis",
+     (2, 5)),
 ]
 
 
