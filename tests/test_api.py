@@ -248,3 +248,365 @@ def test_every_code_block_of_language_md_compiles() -> None:
         for name, loss in lossdsl.load(block).items():
             assert loss.to_source(), name
     assert EXAMPLES.strip() in LANGUAGE_MD.read_text(encoding="utf-8").replace("\n\n\n", "\n\n")
+
+
+# ---- found by the API/CLI review
+import copy  # noqa: E402
+import pickle  # noqa: E402
+import sys  # noqa: E402
+
+import lossdsl.functional as LF  # noqa: E402
+import lossdsl.nn as lnn  # noqa: E402
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize("mode", ["eager", "fused"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_review_gradients_reach_broadcast_inputs(mode: str, reduction: str) -> None:
+    """y[3] broadcast against x[4, 3], both requiring grad, any grad_out: y's gradient is summed back to [3]."""
+    module = lossdsl.compile("0.5*(x - y)^2 * w", w=2.0, mode=mode, reduction=reduction)
+    x, y = leaf(4, 3), leaf(3)
+    ref = (x - y) ** 2
+    ref = {"mean": ref.mean(), "sum": ref.sum(), "none": ref}[reduction]
+    out = module(x, y)
+    assert_close(out, ref)
+    go = torch.randn(out.shape, dtype=D)
+    for a, b in zip(torch.autograd.grad(out, (x, y), go), torch.autograd.grad(ref, (x, y), go), strict=True):
+        assert a.shape == b.shape
+        assert_close(a, b)
+
+
+@pytest.mark.parametrize("mode", ["eager", "fused"])
+def test_review_loaded_and_in_place_changed_parameters_reach_the_next_call(mode: str) -> None:
+    """Values cached per buffer version (_host, _param) must follow load_state_dict and in-place changes."""
+    p = torch.rand(6, dtype=D) * 0.9 + 0.05
+
+    def ref(gamma: float, alpha: float) -> torch.Tensor:
+        return (-alpha * (1 - p) ** gamma * torch.log(p)).mean()
+
+    text = "loss f(p: prob; gamma = 2.0 >= 0, alpha = 0.25):\n    -alpha*(1-p)^gamma*log(p)"
+    module = lossdsl.compile(text, mode=mode)
+    assert_close(module(p), ref(2.0, 0.25))
+    module.load_state_dict(lossdsl.compile(text, gamma=0.5, alpha=0.75).state_dict())
+    assert_close(module(p), ref(0.5, 0.75))
+    with torch.no_grad():
+        module.gamma.fill_(1.0)
+    assert_close(module(p), ref(1.0, 0.75))
+
+
+def test_review_fused_double_backward_matches_torch() -> None:
+    """A Hessian-vector product through fused mode's symbolic backward (create_graph=True)."""
+    x, y = leaf(4, 3), torch.tensor([0, 1, 2, 1])
+    v = torch.randn(4, 3, dtype=D)
+    fused = LOSSES["cross_entropy"].compile(mode="fused", label_smoothing=0.1)
+    hvps = []
+    for fn in (fused, lambda a, b: F.cross_entropy(a, b, label_smoothing=0.1)):
+        (g,) = torch.autograd.grad(fn(x, y), x, create_graph=True)
+        hvps.append(torch.autograd.grad((g * v).sum(), x)[0])
+    assert_close(hvps[0], hvps[1])
+
+
+def test_review_lazy_learnable_parameter_trains_with_an_optimizer_built_before_the_first_call() -> None:
+    """uncertainty_weighting without t=: the optimizer holds the UninitializedParameter, which the first call
+    materialises in place. d/ds sum_t(exp(-s) l + s) at s = 0 is 1 - l, so one SGD step gives s = 0.1 (l - 1)."""
+    module = LOSSES["uncertainty_weighting"].compile()
+    opt = torch.optim.SGD(module.parameters(), lr=0.1)
+    tasks = torch.tensor([1.0, 2.0, 3.0])
+    opt.zero_grad()
+    module(tasks).backward()
+    opt.step()
+    torch.testing.assert_close(module.s.detach(), 0.1 * (tasks - 1))
+
+
+def test_review_deepcopy_and_pickle_keep_trained_values() -> None:
+    module = LOSSES["uncertainty_weighting"].compile(t=3)
+    with torch.no_grad():
+        module.s.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    tasks = torch.tensor([1.0, 2.0, 3.0])
+    for copied in (copy.deepcopy(module), pickle.loads(pickle.dumps(module))):
+        torch.testing.assert_close(copied(tasks), module(tasks))
+        assert copied.s is not module.s and isinstance(copied.s, torch.nn.Parameter)
+
+
+def test_review_inputs_by_keyword_as_lists_and_python_numbers() -> None:
+    module = lossdsl.compile("(x - y)^2", reduction="none")
+    x, y = torch.tensor([1.0, 2.0, 4.0]), torch.tensor([0.5, -1.0, 4.0])
+    expected = (x - y) ** 2
+    torch.testing.assert_close(module(y=y, x=x), expected)
+    torch.testing.assert_close(module(x.tolist(), y.tolist()), expected)
+    torch.testing.assert_close(module(x, 1.0), (x - 1) ** 2)
+
+
+def test_review_noncontiguous_expanded_and_mixed_dtype_inputs() -> None:
+    ce = LOSSES["cross_entropy"].compile()
+    x, y = torch.randn(3, 4, dtype=D).t().requires_grad_(), torch.tensor([1, 0, 2, 2])
+    assert not x.is_contiguous()
+    assert_close(ce(x, y), F.cross_entropy(x, y))
+    assert_close(grads(ce(x, y), x)[0], grads(F.cross_entropy(x, y), x)[0])
+    row = torch.randn(1, 3, dtype=D)
+    assert_close(ce(row.expand(4, 3), y.clamp(max=2)), F.cross_entropy(row.expand(4, 3), y.clamp(max=2)))
+    mse = lossdsl.compile("(x - y)^2")
+    a, b = torch.randn(5), torch.randn(5, dtype=D)
+    out = mse(a, b)
+    assert out.dtype == D  # promoted like torch's (a - b)
+    assert_close(out, ((a.to(D) - b) ** 2).mean())
+
+
+def test_review_fused_shape_errors_name_the_input_and_the_axis() -> None:
+    ce = LOSSES["cross_entropy"].compile(mode="fused")
+    with pytest.raises(lossdsl.InputError, match=r"input 'y' axis 0 \(n\) has size 3 but 'x' fixes it to 4"):
+        ce(leaf(4, 3), torch.tensor([0, 1, 2]))
+    with pytest.raises(lossdsl.InputError, match="input 'y' holds class index 5 outside"):
+        ce(leaf(4, 3), torch.tensor([0, 1, 2, 5]))
+
+
+def test_review_nn_dropin_state_dict_is_torch_compatible() -> None:
+    w, w2 = torch.rand(5) + 0.1, torch.rand(5) + 0.1
+    ours = lnn.CrossEntropyLoss(weight=w, label_smoothing=0.1)
+    ours.load_state_dict(torch.nn.CrossEntropyLoss(weight=w2).state_dict())
+    x, y = torch.randn(6, 5, dtype=D), torch.randint(0, 5, (6,))
+    ours.double()
+    assert ours.weight.dtype == D
+    assert_close(ours(x, y), F.cross_entropy(x, y, weight=w2.to(D), label_smoothing=0.1))
+
+
+def test_review_gradient_text_matches_the_readme() -> None:
+    loss = lossdsl.parse("loss bce(x[n]: logits, y[n]: binary):\n    -(y*log(sigmoid(x)) + (1-y)*log(1-sigmoid(x)))")
+    assert str(loss.grad("x")) == "d bce/d x[n] = (sigmoid(x[n]) - y[n])/N"
+    assert str(loss.grad("x", reduction="sum")) == "d bce/d x[n] = sigmoid(x[n]) - y[n]"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "pairwise_distance's frac_pow_at_zero form where(s > 0, s^(1/p), 0) turns a NaN row into distance 0: "
+    "lossdsl.functional pairwise_distance/triplet_margin_loss (and nn.TripletMarginLoss) return a finite loss for"
+    " NaN embeddings where torch returns NaN, hiding a diverged model"))
+def test_review_triplet_margin_loss_keeps_nan_like_torch() -> None:
+    a, pos, neg = torch.tensor([[NAN, 0.0], [1.0, 2.0]]), torch.zeros(2, 2), torch.ones(2, 2)
+    assert torch.isnan(F.pairwise_distance(a, pos)[0]) and torch.isnan(F.triplet_margin_loss(a, pos, neg))
+    assert torch.isnan(LF.pairwise_distance(a, pos)[0])
+    assert torch.isnan(LF.triplet_margin_loss(a, pos, neg))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a `prob` input's log is where(p > 0, log p, -100): a NaN probability (a diverged model) counts as 0 and "
+    "gives a finite 100 per element; torch's binary_cross_entropy refuses it"))
+def test_review_nan_probability_is_not_a_finite_loss() -> None:
+    p, y = torch.tensor([NAN, 0.5]), torch.tensor([1.0, 0.0])
+    with pytest.raises(RuntimeError):
+        F.binary_cross_entropy(p, y)
+    for call in (lambda: LF.binary_cross_entropy(p, y), lambda: lossdsl.compile("loss l(p: prob):\n    -log(p)")(p)):
+        try:
+            out = call()
+        except lossdsl.InputError:
+            continue
+        assert torch.isnan(out)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "module.half() (a model converted whole, Lightning's 16-true) rounds the float64 parameter buffers to "
+    "float16: eps = 1e-8 becomes 0, -log(x + eps) inf and an empty-mask Dice NaN, though half inputs are computed"
+    " in float32; README: float parameters are kept in float64"))
+def test_review_half_module_keeps_its_parameter_values() -> None:
+    x = torch.zeros(4, dtype=torch.float16)
+    module = lossdsl.compile("loss l(x; eps = 1e-8):\n    -log(x + eps)")
+    before = module(x)
+    assert torch.isfinite(before)
+    assert module.half()(x) == before
+    empty = torch.zeros(1, 1, 4, dtype=torch.float16)
+    assert torch.isfinite(lossdsl.stdlib.dice_loss(eps=1e-8).half()(empty, empty))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a compiled module's class lives in lossdsl.generated.<Name>_<hash>, which only the process that built it "
+    "registers: torch.save(module) or a pickle cannot be loaded in another process (ModuleNotFoundError: No "
+    "module named 'lossdsl.generated'), even after import lossdsl"))
+def test_review_pickled_module_loads_in_a_fresh_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = lossdsl.compile(FOCAL, gamma=1.5)
+    blob = pickle.dumps(module)
+    monkeypatch.delitem(sys.modules, type(module).__module__)  # what a fresh process that imported lossdsl lacks
+    x, y = torch.randn(5, dtype=D), (torch.rand(5) > 0.5).to(D)
+    assert_close(pickle.loads(blob)(x, y), module(x, y))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "mode='fused' swaps the module's class for <Name>Fused, made at run time and not importable: pickle.dumps / "
+    "torch.save of the module fail (attribute lookup on lossdsl.fused failed)"))
+def test_review_fused_module_pickles() -> None:
+    module = LOSSES["cross_entropy"].compile(mode="fused", label_smoothing=0.1)
+    x, y = leaf(4, 3), torch.tensor([0, 1, 2, 1])
+    assert_close(pickle.loads(pickle.dumps(module))(x, y), module(x, y))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a learnable parameter left lazy (no t=) cannot load a checkpoint: load_state_dict copies into the [0]-sized "
+    "UninitializedParameter and fails (torch's lazy modules materialise first)"))
+def test_review_lazy_learnable_parameter_loads_a_checkpoint() -> None:
+    trained = LOSSES["uncertainty_weighting"].compile(t=3)
+    with torch.no_grad():
+        trained.s.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    fresh = LOSSES["uncertainty_weighting"].compile()
+    fresh.load_state_dict(trained.state_dict())
+    tasks = torch.tensor([1.0, 2.0, 3.0])
+    torch.testing.assert_close(fresh(tasks), trained(tasks))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "an index(c) input of dtype uint8, int16 or bool reaches Tensor.gather: a raw RuntimeError ('gather(): "
+    "Expected dtype int32/int64 for index') that names no input"))
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.bool])
+def test_review_index_input_of_a_small_integer_dtype(dtype: torch.dtype) -> None:
+    x, y = torch.randn(3, 2, dtype=D), torch.tensor([0, 1, 1])
+    ce = LOSSES["cross_entropy"].compile()
+    try:
+        out = ce(x, y.to(dtype))
+    except lossdsl.InputError as err:
+        assert "'y'" in str(err)
+        return
+    assert_close(out, ce(x, y))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "torch's cross_entropy takes uint8 class targets; the drop-in raises a raw RuntimeError from gather"))
+def test_review_functional_cross_entropy_takes_uint8_targets_like_torch() -> None:
+    x, y = torch.randn(4, 3, dtype=D), torch.tensor([0, 2, 1, 2], dtype=torch.uint8)
+    assert_close(LF.cross_entropy(x, y), F.cross_entropy(x, y))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a loss that takes grad(...) itself (wgan_gp_d_loss) raises 'element 0 of tensors does not require grad' "
+    "under torch.no_grad(): a validation pass cannot compute the critic loss"))
+def test_review_gradient_penalty_loss_evaluates_under_no_grad() -> None:
+    critic = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).double()
+    real, fake, u = torch.randn(5, 3, dtype=D), torch.randn(5, 3, dtype=D), torch.rand(5, dtype=D)
+    gp = lossdsl.stdlib.wgan_gp_d_loss()
+    expected = gp(critic, real, fake, u).detach()
+    with torch.no_grad():
+        assert_close(gp(critic, real, fake, u), expected)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the stdlib ctc_loss module does not check its lengths: input_lengths > T is a raw IndexError, target_lengths"
+    " > S a RuntimeError (lossdsl.functional.ctc_loss checks both)"))
+def test_review_stdlib_ctc_loss_checks_its_lengths() -> None:
+    lp, targets = torch.randn(5, 2, 4, dtype=D).log_softmax(2), torch.randint(1, 4, (2, 3))
+    ctc = lossdsl.stdlib.ctc_loss()
+    with pytest.raises(lossdsl.InputError, match="input_lengths"):
+        ctc(lp, targets, torch.tensor([6, 5]), torch.tensor([3, 3]))
+    with pytest.raises(lossdsl.InputError, match="target_lengths"):
+        ctc(lp, targets, torch.tensor([5, 5]), torch.tensor([4, 3]))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "lossdsl.verify crashes on stdlib losses: a two-argument fn input gets torch.tanh (TypeError), count inputs "
+    "are drawn past the frames (IndexError in ctc_nll), and the finite differences run under no_grad, where "
+    "grad(...) cannot (RuntimeError)"))
+@pytest.mark.parametrize("name", ["triplet_margin_with_distance_loss", "ctc_loss", "wgan_gp_d_loss"])
+def test_review_verify_runs_on_stdlib_losses(name: str) -> None:
+    assert lossdsl.verify(lossdsl.stdlib.get(name), trials=1).passed
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "verify draws gaussian_nll_loss's var from the `real` domain [-2, 2]: max(var, eps) makes the loss ~1e6 and "
+    "finite-difference rounding fails a correct gradient (symbolic and autograd agree to 1e-16); `lossdsl check "
+    "gaussian_nll_loss` exits 1"))
+def test_review_verify_passes_gaussian_nll_loss() -> None:
+    assert lossdsl.verify(lossdsl.stdlib.get("gaussian_nll_loss"), trials=1).passed
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Loss.grad(reduction='avg') is an AttributeError ('NoneType' object has no attribute 'args'), not the "
+    "ParameterError that compile gives"))
+def test_review_grad_rejects_an_unknown_reduction() -> None:
+    with pytest.raises(lossdsl.ParameterError, match="reduction"):
+        lossdsl.parse(FOCAL).grad("x", reduction="avg")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a fused module called with too few inputs raises KeyError: 'y', with too many ValueError: zip() argument 2 "
+    "is longer; eager raises the TypeError Python gives"))
+def test_review_fused_module_reports_a_wrong_number_of_inputs() -> None:
+    module, x = lossdsl.compile("(x - y)^2", mode="fused"), torch.randn(3)
+    with pytest.raises(TypeError):
+        module(x)
+    with pytest.raises(TypeError):
+        module(x, x, x)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "lossdsl.nn modules take forward(*tensors) only: criterion(input=x, target=y), which torch's losses accept, "
+    "is a TypeError naming _make.<locals>.forward"))
+def test_review_nn_dropins_take_their_inputs_by_keyword_like_torch() -> None:
+    x, y = torch.randn(4, 3, dtype=D), torch.randn(4, 3, dtype=D)
+    assert_close(lnn.MSELoss()(input=x, target=y), torch.nn.MSELoss()(input=x, target=y))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a parameter named `training` collides with nn.Module.training (KeyError: attribute 'training' already "
+    "exists); one named `loss` with the module.loss that lossdsl.compile sets (TypeError: cannot assign 'Loss' as"
+    " buffer 'loss')"))
+@pytest.mark.parametrize("name", ["training", "loss"])
+def test_review_parameter_names_the_module_uses_itself(name: str) -> None:
+    module = lossdsl.compile(f"loss l(x; {name} = 2):\n    x * {name}", reduction="sum")
+    assert_close(module(torch.ones(3, dtype=D)), torch.tensor(6.0, dtype=D))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a misspelt parameter keyword of a one-line formula (gama=) leaves gamma an input: the error says the formula"
+    " has no parameter 'gama' but suggests nothing"))
+def test_review_formula_keyword_typo_suggests_the_name() -> None:
+    with pytest.raises(lossdsl.UnknownNameError, match="did you mean 'gamma'"):
+        lossdsl.compile("-alpha*(1-p)^gamma*log(p)", alpha=0.25, gama=2.0)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "an axis size keyword is not checked: t=-3 is a raw RuntimeError (negative dimension), t=2.5 a TypeError from"
+    " torch.full"))
+@pytest.mark.parametrize("size", [-3, 2.5])
+def test_review_bad_axis_size_keyword_is_a_parameter_error(size) -> None:
+    with pytest.raises(lossdsl.ParameterError, match="'t'"):
+        LOSSES["uncertainty_weighting"].compile(t=size)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "numpy scalars (np.float32, np.int64: values read from configs or arrays) are refused as parameter values "
+    "('must be a number or a tensor, got float32')"))
+def test_review_numpy_scalar_parameters_are_numbers() -> None:
+    np = pytest.importorskip("numpy")
+    x, y = leaf(5, 3), torch.randint(0, 3, (5,))
+    ce = LOSSES["cross_entropy"].compile(ignore_index=np.int64(1), label_smoothing=np.float32(0.25))
+    assert_close(ce(x, y), F.cross_entropy(x, y, ignore_index=1, label_smoothing=0.25))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a tensor parameter of a one-line formula that does not broadcast with the inputs is a raw RuntimeError from "
+    "torch, not an InputError naming it"))
+def test_review_formula_tensor_parameter_shape_error_names_it() -> None:
+    module = lossdsl.compile("w*(x - y)^2", w=torch.ones(3))
+    with pytest.raises(lossdsl.InputError, match="'w'"):
+        module(torch.ones(2, 4), torch.zeros(2, 4))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "`abs` used as a value: 'unknown name 'abs'; did you mean 'abs'?' suggests the name itself instead of saying "
+    "it is a function"))
+def test_review_unknown_name_never_suggests_itself() -> None:
+    try:
+        lossdsl.compile("(abs - y)^2")
+    except lossdsl.LossError as err:
+        assert "did you mean 'abs'" not in str(err)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a float parameter given as a tensor that requires grad is differentiated in eager mode, but mode='fused' "
+    "drops its gradient silently (w.grad stays None while the inputs get theirs; with no input requiring grad, "
+    "backward raises)"))
+def test_review_fused_mode_differentiates_a_parameter_tensor_like_eager() -> None:
+    text = "loss l(x[n, c]; w[c] = 1):\n    w*x^2"
+    x = torch.randn(2, 3, dtype=D)
+    expected = (x**2).sum(0) / 6  # d/dw_c of mean_{n, c}(w_c x_nc^2)
+    for mode in ("eager", "fused"):
+        w = torch.tensor([1.0, 2.0, 3.0], dtype=D, requires_grad=True)
+        lossdsl.compile(text, w=w, mode=mode)(x.clone().requires_grad_()).backward()
+        assert w.grad is not None, mode
+        assert_close(w.grad, expected)
