@@ -287,18 +287,20 @@ def r_norm(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:
 
 
 def _guarded_pow(base: sp.Expr, exp: sp.Expr, ctx: Ctx) -> sp.Expr | None:
-    """base^exp with base in [0, inf) reaching 0 and 0 < exp < 1: same value, gradient 0 (not inf) at 0."""
+    """base^exp with base in [0, inf) reaching 0 and 0 < exp < 1: same value, gradient 0 (not inf) at 0.
+    The zero branch is chosen by base <= 0, not by not-base > 0, so a NaN base stays NaN (a NaN embedding's
+    distance is NaN, as torch's)."""
     lo, _ = ctx.bounds(base)
     if lo != 0:
         return None
     if exp.is_number:
         if not 0 < float(exp) < 1:
             return None
-        ok = base > 0
+        zero = base <= 0
     else:
-        ok = sp.Or(base > 0, exp >= 1)
-    inner = shifted(base, sp.Not(ok), 1)
-    return sp.Piecewise((inner**exp, ok), (sp.Pow(0, exp), True))
+        zero = sp.And(base <= 0, exp < 1)
+    inner = shifted(base, zero, 1)
+    return sp.Piecewise((sp.Pow(0, exp), zero), (inner**exp, True))
 
 
 def r_sqrt(e: sp.Basic, ctx: Ctx) -> sp.Basic | None:

@@ -161,11 +161,12 @@ def with_kernel_functions(e: sp.Expr, bits: int) -> sp.Expr:
 
 
 def clamped_log(p: sp.Expr, complement: bool) -> sp.Expr:
-    """max(log p, -100) (or of log1p(-p)) as torch's BCE computes it, with a finite gradient at p = 0 / 1."""
-    ok = p < 1 if complement else p > 0
-    inner = shifted(p, sp.Not(ok), -1 if complement else 1)
+    """max(log p, -100) (or of log1p(-p)) as torch's BCE computes it, with a finite gradient at p = 0 / 1.
+    The floor is chosen by p <= 0 (p >= 1), not by not-p > 0: a NaN probability stays NaN, as in torch."""
+    floor = p >= 1 if complement else p <= 0
+    inner = shifted(p, floor, -1 if complement else 1)
     value = ir.log1p(-inner) if complement else sp.log(inner)
-    return sp.Piecewise((sp.Max(value, LOG_FLOOR), ok), (LOG_FLOOR, True))
+    return sp.Piecewise((LOG_FLOOR, floor), (sp.Max(value, LOG_FLOOR), True))
 
 
 def push_at(a: sp.Expr) -> sp.Expr:

@@ -377,10 +377,6 @@ def test_review_gradient_text_matches_the_readme() -> None:
     assert str(loss.grad("x", reduction="sum")) == "d bce/d x[n] = sigmoid(x[n]) - y[n]"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pairwise_distance's frac_pow_at_zero form where(s > 0, s^(1/p), 0) turns a NaN row into distance 0: "
-    "lossdsl.functional pairwise_distance/triplet_margin_loss (and nn.TripletMarginLoss) return a finite loss for"
-    " NaN embeddings where torch returns NaN, hiding a diverged model"))
 def test_review_triplet_margin_loss_keeps_nan_like_torch() -> None:
     a, pos, neg = torch.tensor([[NAN, 0.0], [1.0, 2.0]]), torch.zeros(2, 2), torch.ones(2, 2)
     assert torch.isnan(F.pairwise_distance(a, pos)[0]) and torch.isnan(F.triplet_margin_loss(a, pos, neg))
@@ -388,9 +384,6 @@ def test_review_triplet_margin_loss_keeps_nan_like_torch() -> None:
     assert torch.isnan(LF.triplet_margin_loss(a, pos, neg))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a `prob` input's log is where(p > 0, log p, -100): a NaN probability (a diverged model) counts as 0 and "
-    "gives a finite 100 per element; torch's binary_cross_entropy refuses it"))
 def test_review_nan_probability_is_not_a_finite_loss() -> None:
     p, y = torch.tensor([NAN, 0.5]), torch.tensor([1.0, 0.0])
     with pytest.raises(RuntimeError):
