@@ -19,6 +19,20 @@ from . import ir
 from .emit import NODES, Emitter, V, _literal
 from .errors import ShapeError
 
+APPLY_SOURCE = [
+    "    def _apply(self, fn, recurse=True):",
+    '        """.half(), .float() and .to(dtype) convert per-class weights as torch\'s losses do, but move the',
+    "        scalar parameters (eps, gamma, margins) without rounding them: torch keeps those as Python floats,",
+    '        and eps = 1e-8 in float16 is 0."""',
+    "        scalars = {k: b for k, b in self._buffers.items()",
+    "                   if b is not None and b.dim() == 0 and b.is_floating_point()}",
+    "        out = super()._apply(fn, recurse)",
+    "        for k, b in scalars.items():",
+    "            self._buffers[k] = b.to(device=self._buffers[k].device)",
+    "        return out",
+    "",
+]
+
 PRELUDE = '''import torch
 
 
@@ -423,6 +437,8 @@ class SourceBuilder:
                 f"    input_names = {tuple(self.py[i.name] for i in loss.inputs)!r}",
                 f"    default_reduction = {self.default_reduction()!r}", ""]
         out += self.init_source(floats)
+        if any(p.type != "learnable" for p in floats):
+            out += APPLY_SOURCE
         out += self.forward_source(floats)
         used = "\n".join(out)
         nodes = [node_class(node) for node, spec in NODES.items() if f"{spec.name}.apply(" in used]

@@ -396,10 +396,6 @@ def test_review_nan_probability_is_not_a_finite_loss() -> None:
         assert torch.isnan(out)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "module.half() (a model converted whole, Lightning's 16-true) rounds the float64 parameter buffers to "
-    "float16: eps = 1e-8 becomes 0, -log(x + eps) inf and an empty-mask Dice NaN, though half inputs are computed"
-    " in float32; README: float parameters are kept in float64"))
 def test_review_half_module_keeps_its_parameter_values() -> None:
     x = torch.zeros(4, dtype=torch.float16)
     module = lossdsl.compile("loss l(x; eps = 1e-8):\n    -log(x + eps)")
