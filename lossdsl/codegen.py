@@ -568,6 +568,8 @@ class SourceBuilder:
             w(f"if {n}.is_floating_point() or {n}.is_complex():")
             w(f"    raise self.error(f\"input '{i.name}' holds class indices and must be an integer tensor, "
               f"got {{{n}.dtype}}\")")
+            w(f"if {n}.dtype not in (torch.int64, torch.int32):  # uint8 / int16 / bool labels: gather takes int32/64")
+            w(f"    {n} = {n}.long()")
         if i.axes is None:
             return
         groups = [a for a in i.axes if a.startswith("*")]

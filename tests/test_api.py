@@ -440,9 +440,6 @@ def test_review_lazy_learnable_parameter_loads_a_checkpoint() -> None:
     torch.testing.assert_close(fresh(tasks), trained(tasks))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "an index(c) input of dtype uint8, int16 or bool reaches Tensor.gather: a raw RuntimeError ('gather(): "
-    "Expected dtype int32/int64 for index') that names no input"))
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.bool])
 def test_review_index_input_of_a_small_integer_dtype(dtype: torch.dtype) -> None:
     x, y = torch.randn(3, 2, dtype=D), torch.tensor([0, 1, 1])
@@ -455,8 +452,6 @@ def test_review_index_input_of_a_small_integer_dtype(dtype: torch.dtype) -> None
     assert_close(out, ce(x, y))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "torch's cross_entropy takes uint8 class targets; the drop-in raises a raw RuntimeError from gather"))
 def test_review_functional_cross_entropy_takes_uint8_targets_like_torch() -> None:
     x, y = torch.randn(4, 3, dtype=D), torch.tensor([0, 2, 1, 2], dtype=torch.uint8)
     assert_close(LF.cross_entropy(x, y), F.cross_entropy(x, y))
