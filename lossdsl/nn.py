@@ -102,11 +102,15 @@ def _make(name: str, spec: Spec) -> type[torch.nn.Module]:
                 setattr(self, key, value)
         self._options = tuple(options)
 
-    def forward(self, *tensors) -> torch.Tensor:
-        if len(tensors) != len(spec.forward):
-            raise TypeError(f"{name}.forward() takes {len(spec.forward)} tensors ({', '.join(spec.forward)}), "
-                            f"got {len(tensors)}")
-        return spec.functional(*tensors, **{key: getattr(self, key) for key in self._options})
+    inputs = inspect.Signature([inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in spec.forward])
+
+    def forward(self, *tensors, **by_name) -> torch.Tensor:
+        """torch's names, positionally or by keyword (criterion(input=x, target=y) works on torch's too)."""
+        try:
+            bound = inputs.bind(*tensors, **by_name)
+        except TypeError as err:
+            raise TypeError(f"{name}.forward({', '.join(spec.forward)}): {err}") from None
+        return spec.functional(*bound.args, **{key: getattr(self, key) for key in self._options})
 
     def extra_repr(self) -> str:
         return ", ".join(f"{key}={getattr(self, key)!r}" for key in self._options if key not in BUFFERS)

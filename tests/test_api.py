@@ -514,9 +514,6 @@ def test_review_fused_module_reports_a_wrong_number_of_inputs() -> None:
         module(x, x, x)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "lossdsl.nn modules take forward(*tensors) only: criterion(input=x, target=y), which torch's losses accept, "
-    "is a TypeError naming _make.<locals>.forward"))
 def test_review_nn_dropins_take_their_inputs_by_keyword_like_torch() -> None:
     x, y = torch.randn(4, 3, dtype=D), torch.randn(4, 3, dtype=D)
     assert_close(lnn.MSELoss()(input=x, target=y), torch.nn.MSELoss()(input=x, target=y))
