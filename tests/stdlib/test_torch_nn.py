@@ -804,12 +804,8 @@ def test_nan_embedding_is_not_hidden(call: Callable) -> None:
     assert torch.isnan(_call(call, LF)).all()
 
 
-@pytest.mark.xfail(strict=True, reason="pairwise_distance evaluates |a - b + eps| as (eps + a) - b (the compiler "
-                   "reorders the sum): in float32 eps is rounded into a before the difference is taken, so nearly "
-                   "identical embeddings (|a| ~ 10) get distances off by up to 35% (torch: a - b exact, then + eps) "
-                   "and the triplet losses' gradients there are noise")
 @pytest.mark.parametrize("name", ["pairwise_distance", "triplet_margin_loss", "triplet_margin_with_distance_loss"])
-def test_bug_pairwise_distance_rounds_eps_into_the_embedding(name: str) -> None:
+def test_pairwise_distance_takes_the_difference_before_adding_eps(name: str) -> None:
     a = randn((4, 3), 0, 10.0).float()
     near = [a.clone(), a + 1e-5]
     for b in near:
