@@ -216,9 +216,12 @@ class Emitter(MaskLowering):
 
     def sum_of_terms(self, e: sp.Add) -> V:
         terms = [(sign, self.emit(t)) for sign, t in signed_terms(e)]
-        # full-size terms first, scalars (eps, constants) last: |a - b + eps| as (a - b) + eps, not (eps + a) - b,
-        # which rounds eps into a first (pairwise_distance of near-identical float32 rows was 35% off)
-        terms.sort(key=lambda sv: not (sv[1].labels or sv[1].ell))
+        scalar = [not (v.labels or v.ell) for _, v in terms]
+        if any(sign == "+" and not sc for (sign, _), sc in zip(terms, scalar, strict=True)):
+            # full-size terms first, scalars (eps, constants) last: |a - b + eps| as (a - b) + eps, not
+            # (eps + a) - b, which rounds eps into a (pairwise_distance of near-identical float32 rows was 35%
+            # off); with no positive full-size term, 1 - g stays as it is
+            terms = [t for _, t in sorted(zip(scalar, terms, strict=True), key=lambda st: st[0])]
         signs = [sign for sign, _ in terms]
         vals = [v for _, v in terms]
 
