@@ -872,10 +872,8 @@ def test_bug_bce_gradient_of_saturated_probabilities(case: str) -> None:
         compare("binary_cross_entropy", [t64(1e-50, 1e-300), t64(1.0, 0.0)], grad=(1,), dtypes=(F64,), rtol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason="smooth_l1_loss / huber_loss gradient at an infinite error is nan (the unused "
-                   "quadratic branch's inf gradient leaks through where); torch's is +-1 (+-delta)")
 @pytest.mark.parametrize("name", ["smooth_l1_loss", "huber_loss"])
-def test_bug_smooth_l1_and_huber_gradient_at_infinite_error(name: str) -> None:
+def test_smooth_l1_and_huber_gradient_at_infinite_error(name: str) -> None:
     compare(name, [t64(INF, -INF, 1.0), torch.zeros(3, dtype=F64)], grad=(0,), dtypes=(F64,),
             finite_grads_only=False)
 
