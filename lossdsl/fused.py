@@ -506,6 +506,8 @@ def build(loss, module: torch.nn.Module) -> torch.nn.Module:
     """Turn a compiled (eager) module into its fused form, in place: same parameters, buffers and state."""
     if any(loss.ir.expr.atoms(ir.FnCall, ir.Grad)):
         return module  # no symbolic gradient: autograd mode
+    if any(b.requires_grad for b in module.buffers()):
+        return module  # a fixed parameter given as a tensor that requires grad: autograd differentiates it too
     key = id(loss.ir)
     _LOSSES.setdefault(key, loss.ir)
     module.__class__ = _fused_class(type(module), key)

@@ -575,10 +575,6 @@ def test_review_unknown_name_never_suggests_itself() -> None:
         assert "did you mean 'abs'" not in str(err)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a float parameter given as a tensor that requires grad is differentiated in eager mode, but mode='fused' "
-    "drops its gradient silently (w.grad stays None while the inputs get theirs; with no input requiring grad, "
-    "backward raises)"))
 def test_review_fused_mode_differentiates_a_parameter_tensor_like_eager() -> None:
     text = "loss l(x[n, c]; w[c] = 1):\n    w*x^2"
     x = torch.randn(2, 3, dtype=D)
