@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import InputError
+
 Tensor = torch.Tensor
 
 
@@ -61,7 +63,15 @@ def _ctc_nll(log_probs: Tensor, targets: Tensor, input_lengths: Tensor, target_l
     log_probs is (T, N, C), targets (N, S) padded, lengths (N,). The gradient is Graves' forward-backward
     (_CtcNll), not autograd through the recursion: autograd kept a dozen [N, 2S + 1] temporaries per frame
     (130 MB peak at T = 64, N = 2048, C = 32, against 68 MB for torch's ctc_loss)."""
+    _check_lengths(input_lengths, "input_lengths", log_probs.shape[0], "the number of frames")
+    _check_lengths(target_lengths, "target_lengths", targets.shape[1], "the targets' padded length")
     return _CtcNll.apply(log_probs, targets, input_lengths.long(), target_lengths.long(), blank)
+
+
+def _check_lengths(lengths: Tensor, name: str, most: int, what: str) -> None:
+    """A length past its tensor would index out of range deep in the recursion: say which one, as torch does."""
+    if lengths.numel() and (bool((lengths < 0).any()) or bool((lengths > most).any())):
+        raise InputError(f"ctc_loss: {name} must lie in [0, {most}] ({what}), got {lengths.tolist()}")
 
 
 class _CtcNll(torch.autograd.Function):

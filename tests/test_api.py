@@ -466,9 +466,6 @@ def test_review_gradient_penalty_loss_evaluates_under_no_grad() -> None:
         assert_close(gp(critic, real, fake, u), expected)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the stdlib ctc_loss module does not check its lengths: input_lengths > T is a raw IndexError, target_lengths"
-    " > S a RuntimeError (lossdsl.functional.ctc_loss checks both)"))
 def test_review_stdlib_ctc_loss_checks_its_lengths() -> None:
     lp, targets = torch.randn(5, 2, 4, dtype=D).log_softmax(2), torch.randint(1, 4, (2, 3))
     ctc = lossdsl.stdlib.ctc_loss()
