@@ -101,6 +101,7 @@ class Loss:
         """The symbolic gradient of the reduced loss with respect to input (or parameter) `wrt`."""
         from .gradient import derive
 
+        _check_reduction(reduction)
         return derive(self.ir, wrt, reduction)
 
     def stability_report(self, **options):
@@ -120,6 +121,7 @@ class Loss:
         there is an error."""
         known = {p.name: p for p in self.parameters}
         sizes = self.axis_keywords()
+        params = {k: _plain(v) for k, v in params.items()}
         for key in params:
             if key not in known and key not in sizes:
                 raise UnknownNameError(f"loss '{self.name}' has no parameter '{key}'"
@@ -130,8 +132,11 @@ class Loss:
             if p.name in params:
                 _check_type(p, params[p.name])
                 check_param_value(p, params[p.name])
-        if reduction not in (None, "mean", "sum", "none", "batchmean"):
-            raise ParameterError(f"reduction must be 'mean', 'sum', 'none' or 'batchmean', got {reduction!r}")
+        for key in sizes:
+            if key in params and not (isinstance(params[key], int) and not isinstance(params[key], bool)
+                                      and params[key] >= 1):
+                raise ParameterError(f"'{key}' is the size of an axis: a positive int, got {params[key]!r}")
+        _check_reduction(reduction)
         _check_mode(mode, backward)
         py = self._py_names  # a parameter `lambda` is the keyword `lambda_` of the generated class
         module = self.module_class()(**{py[k]: v for k, v in params.items()}, reduction=reduction, validate=validate)
@@ -167,6 +172,19 @@ def build_mode(mode: str, loss: Loss, module: torch.nn.Module, backward: str | N
         return module
     options = {"backward": backward} if backward is not None else {}
     return importlib.import_module(f".{mode}", __package__).build(loss, module, **options)
+
+
+def _plain(value: object) -> object:
+    """A numpy scalar (a value read from a config or an array) as the Python number it holds."""
+    if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return value.item()
+    return value
+
+
+def _check_reduction(reduction: str | None) -> None:
+    if reduction not in (None, "mean", "sum", "none", "batchmean"):
+        raise ParameterError(f"reduction must be 'mean', 'sum', 'none' or 'batchmean', got {reduction!r}"
+                             + did_you_mean(str(reduction), ("mean", "sum", "none", "batchmean")))
 
 
 def _check_type(p: ir.Param, value) -> None:

@@ -362,7 +362,9 @@ GENERATED = re.compile(r"t\d+|[NSG]_\w*|\w*_ix|self|torch|out|wsum|empty|reducti
                        r"input_names|default_reduction")
 CALLED = frozenset({"abs", "all", "any", "bool", "dict", "float", "getattr", "int", "isinstance", "len", "list", "max",
                     "min", "next", "range", "sum", "super", "tuple", "zip", "TypeError", "ValueError", "RuntimeError"})
-MODULE_ATTRIBUTES = frozenset(dir(torch.nn.Module))  # a parameter becomes self.<name>
+# a parameter becomes self.<name>: not one nn.Module or the generated class (or lossdsl.compile) sets itself
+MODULE_ATTRIBUTES = frozenset(dir(torch.nn.Module)) | {"training", "loss", "error", "param_error", "input_names",
+                                                       "default_reduction", "reduction", "validate"}
 
 
 def _free(name: str, attribute: bool) -> bool:

@@ -492,9 +492,6 @@ def test_review_verify_passes_gaussian_nll_loss() -> None:
     assert lossdsl.verify(lossdsl.stdlib.get("gaussian_nll_loss"), trials=1).passed
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Loss.grad(reduction='avg') is an AttributeError ('NoneType' object has no attribute 'args'), not the "
-    "ParameterError that compile gives"))
 def test_review_grad_rejects_an_unknown_reduction() -> None:
     with pytest.raises(lossdsl.ParameterError, match="reduction"):
         lossdsl.parse(FOCAL).grad("x", reduction="avg")
@@ -516,10 +513,6 @@ def test_review_nn_dropins_take_their_inputs_by_keyword_like_torch() -> None:
     assert_close(lnn.MSELoss()(input=x, target=y), torch.nn.MSELoss()(input=x, target=y))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a parameter named `training` collides with nn.Module.training (KeyError: attribute 'training' already "
-    "exists); one named `loss` with the module.loss that lossdsl.compile sets (TypeError: cannot assign 'Loss' as"
-    " buffer 'loss')"))
 @pytest.mark.parametrize("name", ["training", "loss"])
 def test_review_parameter_names_the_module_uses_itself(name: str) -> None:
     module = lossdsl.compile(f"loss l(x; {name} = 2):\n    x * {name}", reduction="sum")
@@ -534,18 +527,12 @@ def test_review_formula_keyword_typo_suggests_the_name() -> None:
         lossdsl.compile("-alpha*(1-p)^gamma*log(p)", alpha=0.25, gama=2.0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "an axis size keyword is not checked: t=-3 is a raw RuntimeError (negative dimension), t=2.5 a TypeError from"
-    " torch.full"))
 @pytest.mark.parametrize("size", [-3, 2.5])
 def test_review_bad_axis_size_keyword_is_a_parameter_error(size) -> None:
     with pytest.raises(lossdsl.ParameterError, match="'t'"):
         LOSSES["uncertainty_weighting"].compile(t=size)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "numpy scalars (np.float32, np.int64: values read from configs or arrays) are refused as parameter values "
-    "('must be a number or a tensor, got float32')"))
 def test_review_numpy_scalar_parameters_are_numbers() -> None:
     np = pytest.importorskip("numpy")
     x, y = leaf(5, 3), torch.randint(0, 3, (5,))
