@@ -245,6 +245,9 @@ def _formula_names(d: s.LossDef) -> list[str]:
 def _declare_formula(d: s.LossDef, params: dict, inputs: Sequence[str] | None) -> s.LossDef:
     names = [n for n in _formula_names(d) if n not in ELEMENTWISE]
     tensor_names = [n for n in names if n not in params]
+    for key in params:  # gama=2 for -alpha*(1-p)^gamma*log(p): gamma is the formula's name, not an input
+        if key not in names and did_you_mean(key, tensor_names):
+            raise UnknownNameError(f"the formula uses no '{key}'" + did_you_mean(key, tensor_names))
     if inputs is not None:
         unknown = [n for n in inputs if n not in tensor_names]
         if unknown:

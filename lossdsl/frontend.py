@@ -322,6 +322,8 @@ class Lowerer:
             return ir.Size(self.idx(n.lower(), True))
         if n in CONSTANTS:
             return CONSTANTS[n]
+        if n in (*ELEMENTWISE, *BINARY, *WHOLE, "where", "clamp"):
+            raise KindError(f"'{n}' is a function; call it, as in {n}(x)", e.span)
         raise UnknownNameError(f"unknown name '{n}'" + did_you_mean(n, self.known_names()), e.span)
 
     def own_axes(self, value: sp.Expr, axes: tuple[sp.Symbol, ...]) -> sp.Expr:
