@@ -470,7 +470,11 @@ def _fused_class(base: type[torch.nn.Module], key: int) -> type[torch.nn.Module]
     kinds = tuple(nm in diff for nm in (*base.input_names, *learnable))
 
     def forward(self, *args, **kwargs):
-        inputs = [*args, *(kwargs[nm] for nm in self.input_names[len(args):])]
+        names = self.input_names
+        if len(args) > len(names) or sorted(kwargs) != sorted(names[len(args):]):
+            raise TypeError(f"forward({', '.join(names)}) takes {len(names)} inputs, got {len(args)} positional"
+                            + (f" and {', '.join(kwargs)} by keyword" if kwargs else ""))
+        inputs = [*args, *(kwargs[nm] for nm in names[len(args):])]
         if any(isinstance(getattr(self, nm), torch.nn.parameter.UninitializedParameter) for nm in learnable):
             with torch.no_grad():  # the first call sizes lazily shaped parameters
                 base.forward(self, *inputs)
