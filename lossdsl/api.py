@@ -209,7 +209,23 @@ def _build_class(source: str, name: str) -> type[torch.nn.Module]:
     cls.error = InputError
     cls.param_error = ParameterError
     cls.__lossdsl_source__ = source
+    cls.__reduce_ex__ = _reduce_generated
     return cls
+
+
+def _reduce_generated(self: torch.nn.Module, protocol: int) -> tuple:
+    """pickle / torch.save of a module: its class is rebuilt from the source on load, since the module
+    lossdsl.generated.* it lives in exists only in the process that built it. A fused or compiled subclass
+    keeps pickling by reference (its class is made per process too: that still fails, loudly)."""
+    cls = type(self)
+    if "__lossdsl_source__" not in cls.__dict__:
+        return object.__reduce_ex__(self, protocol)
+    return _rebuild, (cls.__lossdsl_source__, cls.__name__), self.__getstate__()
+
+
+def _rebuild(source: str, name: str) -> torch.nn.Module:
+    cls = _build_class(source, name)
+    return cls.__new__(cls)
 
 
 # ---- parsing

@@ -406,10 +406,6 @@ def test_review_half_module_keeps_its_parameter_values() -> None:
     assert torch.isfinite(lossdsl.stdlib.dice_loss(eps=1e-8).half()(empty, empty))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a compiled module's class lives in lossdsl.generated.<Name>_<hash>, which only the process that built it "
-    "registers: torch.save(module) or a pickle cannot be loaded in another process (ModuleNotFoundError: No "
-    "module named 'lossdsl.generated'), even after import lossdsl"))
 def test_review_pickled_module_loads_in_a_fresh_process(monkeypatch: pytest.MonkeyPatch) -> None:
     module = lossdsl.compile(FOCAL, gamma=1.5)
     blob = pickle.dumps(module)
