@@ -36,41 +36,100 @@ def optional(module: str, what: str):
 
 
 # ---- targets
+def target_kind(target: str, latex: bool = False) -> str:
+    """How `resolve` reads a target: 'latex', 'file' (a .loss file), 'stdlib', 'missing' (names a .loss or
+    .tex file that is not there) or 'formula'."""
+    path = Path(target)
+    is_file = path.suffix in (".loss", ".tex", ".txt") and path.is_file()
+    if path.suffix in (".loss", ".tex") and not is_file and "\\" not in target and not path.is_dir():
+        return "missing"  # not LaTeX text that happens to end in .tex
+    if latex or path.suffix == ".tex" or (not is_file and "\\" in target):
+        return "latex"
+    if is_file:
+        return "file"
+    if target.isidentifier():
+        from . import stdlib
+
+        if target in stdlib.names() or not path.exists():
+            return "stdlib"
+    return "formula"
+
+
+def read_text(path: Path) -> str:
+    """A target file's text; one that is not UTF-8 is a user's error naming the file, not a traceback."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise LossError(f"{path} is not UTF-8 text: byte 0x{err.object[err.start]:02x} at offset {err.start} "
+                        "(save it as UTF-8)") from None
+
+
 def resolve(target: str, *, latex: bool = False, name: str | None = None, vectors: Sequence[str] = (),
             params: Mapping[str, float | int | bool] | None = None) -> api.Loss:
     """A `.loss` file (its loss `name`, default the last), LaTeX (a .tex file, or text with a backslash),
     a stdlib name, or a one-line formula. `params` (`-p k=v`) makes those names of a formula or of LaTeX
-    parameters with these defaults; a file or a stdlib loss declares its own, the values then apply at build."""
-    path = Path(target)
-    is_file = path.suffix in (".loss", ".tex", ".txt") and path.is_file()
-    if latex or path.suffix == ".tex" or (not is_file and "\\" in target):
-        return from_latex(path.read_text(encoding="utf-8") if is_file else target, name=name, vectors=vectors,
+    parameters with these defaults; a file or a stdlib loss declares its own, the values then apply at build.
+    `name` picks a loss of a file or names a LaTeX loss; for a stdlib loss or a formula it is an error, since
+    it would be silently ignored."""
+    kind, path = target_kind(target, latex), Path(target)
+    if kind == "missing":
+        raise LossError(f"no such file: {target}")
+    if name is not None and kind in ("stdlib", "formula"):
+        raise LossError(f"--name picks one loss of a .loss file (or names a LaTeX loss); '{target}' is "
+                        + ("a stdlib loss" if kind == "stdlib" else "a formula") + ", which has no losses to pick")
+    if kind == "latex":
+        return from_latex(read_text(path) if path.is_file() else target, name=name, vectors=vectors,
                           params=dict(params or {}))
-    if is_file:
-        losses = api.load(path)
-        if not losses:
-            raise LossError(f"{target} defines no loss")
-        if name is None:
-            return list(losses.values())[-1]
-        if name not in losses:
-            raise UnknownNameError(f"{target} has no loss '{name}'" + did_you_mean(name, losses))
-        return losses[name]
-    if target.isidentifier():
+    if kind == "file":
+        read_text(path)
+        return _pick(target, api.load(path), name)
+    if kind == "stdlib":
         from . import stdlib
 
-        if target in stdlib.names():
-            return stdlib.get(target)
-        if not Path(target).exists():
+        if target not in stdlib.names():
             raise UnknownNameError(f"'{target}' is neither a file nor a stdlib loss"
                                    + did_you_mean(target, stdlib.names()))
-    if path.suffix == ".loss":
-        raise LossError(f"no such file: {target}")
+        return stdlib.get(target)
     return api.parse(target, params=dict(params or {}))
 
 
-def target_of(args: argparse.Namespace) -> api.Loss:
-    return resolve(args.target, latex=getattr(args, "latex", False), name=args.name, vectors=_names(args.vectors),
-                   params=parse_params(getattr(args, "param", [])))
+def _pick(target: str, losses: Mapping[str, api.Loss], name: str | None) -> api.Loss:
+    """The loss `name` of a file, default its last."""
+    if not losses:
+        raise LossError(f"{target} defines no loss")
+    if name is None:
+        return list(losses.values())[-1]
+    if name not in losses:
+        raise UnknownNameError(f"{target} has no loss '{name}'" + did_you_mean(name, losses))
+    return losses[name]
+
+
+def target_of(args: argparse.Namespace, check_names: bool = True) -> api.Loss:
+    params = parse_params(getattr(args, "param", []))
+    loss = resolve(args.target, latex=getattr(args, "latex", False), name=args.name, vectors=_names(args.vectors),
+                   params=params)
+    if check_names or written(args):
+        check_param_names(loss, params, written=written(args))
+    return loss
+
+
+def written(args: argparse.Namespace) -> bool:
+    """Whether the target is a formula or LaTeX, whose -p values are the defaults of its parameters."""
+    return target_kind(args.target, getattr(args, "latex", False)) in ("formula", "latex")
+
+
+def check_param_names(loss: api.Loss, params: Mapping[str, object], written: bool = False) -> None:
+    """Every -p name is a parameter of the loss (or the size of an axis no input fixes): a misspelt name would
+    otherwise be dropped or fail far from the command line. `written`: the target is a formula or LaTeX, where
+    -p makes a name of the formula a parameter, so a name it does not use is not one."""
+    known = [*(p.name for p in loss.parameters), *loss.axis_keywords()]
+    for key in params:
+        if key in known:
+            continue
+        if written:
+            raise UnknownNameError(f"-p {key}: the formula has no name '{key}' to make a parameter"
+                                   + did_you_mean(key, [*known, *(i.name for i in loss.inputs)]))
+        raise UnknownNameError(f"loss '{loss.name}' has no parameter '{key}'" + did_you_mean(key, known))
 
 
 def _names(text: str | None) -> list[str]:
@@ -130,7 +189,7 @@ def gradient(loss: api.Loss, wrt: str, reduction: str | None = None):
 
 # ---- commands
 def cmd_compile(args: argparse.Namespace) -> int:
-    loss = target_of(args)
+    loss = target_of(args, check_names=False)  # for a file or a stdlib loss any -p is the mistake below
     defaults = {p.name: p.default for p in loss.parameters}
     for key, value in parse_params(args.param).items():
         if key not in defaults or defaults[key] != value:
@@ -179,6 +238,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     loss = target_of(args)
     verify = optional("lossdsl.verify", "lossdsl check (gradient verification)")
     params = parse_params(args.param)
+    verify.check_trials(args.trials)
     progress(f"checking {loss.name}: symbolic gradient vs autograd vs finite differences ({args.trials} draws)")
     report = verify.verify(loss, trials=args.trials, **params)
     print(report)
@@ -197,13 +257,15 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     params = parse_params(args.param)
     losses = [resolve(t, latex=args.latex, vectors=_names(args.vectors), params=params) for t in args.targets]
+    plot.check_params(losses, params)
+    over = plot.common_axis(losses, args.over)
     curves = []
     for k, loss in enumerate(losses, 1):
         progress(f"[{k}/{len(losses)}] {loss.name}")
-        curves.append(plot.curve(loss, over=args.over, lo=args.range[0], hi=args.range[1], points=args.points,
+        curves.append(plot.curve(loss, over=over, lo=args.range[0], hi=args.range[1], points=args.points,
                                  params=params))
     out = plot.save(curves, args.output)
-    print(f"wrote {out}: loss and gradient of {', '.join(c.name for c in curves)} over the {curves[0].over}")
+    print(f"wrote {out}: loss and gradient of {', '.join(c.name for c in curves)} over the {over}")
     return 0
 
 
@@ -225,7 +287,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _target(p: argparse.ArgumentParser, latex_flag: bool = True) -> None:
     p.add_argument("target", metavar="NAME|FILE", help="a .loss file, a stdlib loss name, a formula, or LaTeX "
                    "(a .tex file or text with a backslash)")
-    p.add_argument("--name", help="which loss of a .loss file (default: the last one)")
+    p.add_argument("--name", help="which loss of a .loss file (default: the last one), or the name of a LaTeX "
+                   "loss; an error for a stdlib loss or a formula")
     if latex_flag:
         p.add_argument("--latex", action="store_true", help="read the target as LaTeX (text or a file)")
     _vectors(p)
@@ -263,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     ps["grad"].add_argument("--wrt", required=True, help="the input or parameter to differentiate by")
     ps["grad"].add_argument("--latex", dest="as_latex", action="store_true", help="print the gradient as LaTeX")
     ps["grad"].add_argument("--reduction", choices=("mean", "sum", "none"), default=None)
-    ps["check"].add_argument("--trials", type=int, default=3, help="random draws (default 3)")
+    ps["check"].add_argument("--trials", type=int, default=3, help="random draws, at least 1 (default 3)")
     _params(ps["check"])
     plot = ps["plot"]
     plot.add_argument("targets", nargs="+", metavar="NAME", help="stdlib names, .loss files or formulas")
@@ -273,10 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--points", type=int, default=401)
     plot.add_argument("--latex", action="store_true", help="the targets are LaTeX formulas")
     _vectors(plot)
-    plot.add_argument("-o", "--output", required=True, help="the PNG to write")
+    plot.add_argument("-o", "--output", required=True, help="the PNG to write (.png is added to a name without a "
+                      "suffix; .pdf, .svg and matplotlib's other formats by their suffix)")
     _params(plot)
-    ps["bench"].add_argument("--size", type=int, default=4096, help="batch size (default 4096)")
-    ps["bench"].add_argument("--repeat", type=int, default=20, help="timed runs (default 20)")
+    ps["bench"].add_argument("--size", type=int, default=4096, help="batch size, at least 1 (default 4096)")
+    ps["bench"].add_argument("--repeat", type=int, default=20, help="timed runs, at least 1 (default 20)")
     ps["bench"].add_argument("--variants", default=",".join(quickbench.DEFAULT_VARIANTS),
                              help=f"comma-separated, of {', '.join(quickbench.VARIANTS)} (compiled_sym: compiled "
                                   "with the symbolic backward, compiled_fwd: with the gradient computed in the "

@@ -2,7 +2,9 @@
 BCE, focal, hinge over the logit). Used by `lossdsl plot`; needs matplotlib (the `examples` extra).
 
 The gradient is autograd's through the compiled module, so the plot shows what training will see, kinks
-and saturations included.
+and saturations included. Over the logit a probability input gets sigmoid(logit), as a network's sigmoid output
+would feed it, and the gradient is with respect to the logit. One figure has one x axis: losses that would be
+drawn over different axes are refused together (`common_axis`), not drawn over a mislabelled one.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .api import Loss
-from .errors import KindError, ParameterError
+from .errors import KindError, ParameterError, UnknownNameError, did_you_mean
 
 STYLES = ("-", "--", "-.", ":")
 
@@ -25,6 +27,7 @@ class Curve:
     x: torch.Tensor
     loss: torch.Tensor
     grad: torch.Tensor
+    note: str = ""  # how the x axis reaches the loss, where not directly ("p = σ(logit)")
 
 
 def axis_for(loss: Loss, over: str = "auto") -> str:
@@ -33,6 +36,27 @@ def axis_for(loss: Loss, over: str = "auto") -> str:
         return over
     kinds = [i.kind for i in loss.inputs]
     return "logit" if kinds[:1] == ["logits"] or kinds[1:2] in (["binary"], ["sign"]) else "error"
+
+
+def common_axis(losses: list[Loss], over: str = "auto") -> str:
+    """The one axis every loss is drawn over; losses whose kinds pick different axes are an error that says
+    which is which (a figure labelled 'error' with a hinge curve over the logit in it would mislead)."""
+    axes = {loss.name: axis_for(loss, over) for loss in losses}
+    if len(set(axes.values())) > 1:
+        which = ", ".join(f"{name} over the {axis}" for name, axis in axes.items())
+        raise KindError(f"one plot has one x axis, but these losses are drawn over different ones ({which}): "
+                        "plot them separately, or choose one axis for all with --over")
+    return next(iter(axes.values()), "error")
+
+
+def check_params(losses: list[Loss], params: dict) -> None:
+    """Every -p name is a parameter of at least one loss: each loss takes its own, so one that none takes is
+    a misspelling, not a value to drop silently."""
+    known = {p.name for loss in losses for p in loss.parameters}
+    for key in params:
+        if key not in known:
+            names = ", ".join(loss.name for loss in losses)
+            raise UnknownNameError(f"no loss plotted ({names}) has a parameter '{key}'" + did_you_mean(key, known))
 
 
 def curve(loss: Loss, *, over: str = "auto", lo: float = -3.0, hi: float = 3.0, points: int = 401,
@@ -51,29 +75,45 @@ def curve(loss: Loss, *, over: str = "auto", lo: float = -3.0, hi: float = 3.0, 
     module = loss.compile(reduction="none", **{k: v for k, v in (params or {}).items() if k in known}).double()
     x = torch.linspace(lo, hi, points, dtype=torch.float64, requires_grad=True)
     target = torch.zeros_like(x) if over == "error" else torch.ones_like(x)
-    out = module(x, target) if len(ins) == 2 else module(x)
+    through = over == "logit" and ins[0].kind == "prob"
+    pred = torch.sigmoid(x) if through else x
+    out = module(pred, target) if len(ins) == 2 else module(pred)
     (grad,) = torch.autograd.grad(out.sum(), x)
-    return Curve(loss.name, over, x.detach(), out.detach(), grad)
+    return Curve(loss.name, over, x.detach(), out.detach(), grad, f"{ins[0].name} = σ(logit)" if through else "")
 
 
 def save(curves: list[Curve], path: str | Path) -> Path:
-    """Two panels, loss and gradient, one line per loss; written as PNG with matplotlib's Agg canvas."""
+    """Two panels, loss and gradient, one line per loss, written with matplotlib in the format the suffix names
+    (PNG without one: `curves` is written as curves.png); returns the path written."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
         raise ParameterError("plots need matplotlib: pip install 'lossdsl[examples]'") from None
+    if len({c.over for c in curves}) > 1:
+        raise KindError("one plot has one x axis: " + ", ".join(f"{c.name} is over the {c.over}" for c in curves))
     fig = Figure(figsize=(10, 4), layout="constrained")
+    out = _output(Path(path), fig.canvas.get_supported_filetypes())
     ax_loss, ax_grad = fig.subplots(1, 2)
     label = {"error": "error (prediction − target)", "logit": "logit (target = 1)"}
     for k, c in enumerate(curves):
         style = STYLES[k % len(STYLES)]  # losses that coincide (Huber, Smooth L1 at 1) stay visible
-        ax_loss.plot(c.x.numpy(), c.loss.numpy(), style, label=c.name)
-        ax_grad.plot(c.x.numpy(), c.grad.numpy(), style, label=c.name)
+        name = f"{c.name} ({c.note})" if c.note else c.name
+        ax_loss.plot(c.x.numpy(), c.loss.numpy(), style, label=name)
+        ax_grad.plot(c.x.numpy(), c.grad.numpy(), style, label=name)
     for ax, title in ((ax_loss, "loss"), (ax_grad, f"gradient d loss / d {curves[0].over}")):
         ax.set_title(title)
         ax.set_xlabel(label[curves[0].over])
         ax.grid(alpha=0.3)
         ax.legend()
-    out = Path(path)
     fig.savefig(out, dpi=100)
     return out
+
+
+def _output(path: Path, formats: dict[str, str]) -> Path:
+    """The file that will be written: matplotlib adds .png to a name without a suffix, so the caller is told
+    that name; a suffix matplotlib cannot write is an error before any drawing."""
+    if not path.suffix:
+        return path.with_name(path.name + ".png")
+    if path.suffix[1:].lower() not in formats:
+        raise ParameterError(f"cannot write {path}: plots are written as {', '.join(sorted(formats))}")
+    return path

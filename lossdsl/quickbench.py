@@ -45,7 +45,7 @@ def sample_inputs(loss: Loss, size: int, gen: torch.Generator) -> tuple[list[tor
     out = []
     for i in loss.inputs:
         if i.kind == "fn":
-            out.append(_stand_in(loss, i.name))
+            out.append(stand_in(loss, i.name))
             continue
         shape = (size, OTHER) if i.axes is None else tuple(dim(a) for a in i.axes)
         out.append(_draw(i.kind, shape, dim(i.kind_arg) if i.kind_arg else OTHER, gen))
@@ -53,10 +53,10 @@ def sample_inputs(loss: Loss, size: int, gen: torch.Generator) -> tuple[list[tor
     return out, sizes
 
 
-def _stand_in(loss: Loss, name: str) -> Callable:
+def stand_in(loss: Loss, name: str) -> Callable:
     """A callable for the `fn` input `name`, fitted to how the formula calls it: with two arguments the
     Euclidean distance of rows (triplet_margin_with_distance_loss's distance, torch's default there), with
-    one tanh (a feature map shaped like its input)."""
+    one tanh (a feature map shaped like its input). lossdsl.verify uses it too, so both tools call a loss alike."""
     arity = max((len(call.args[1]) for call in loss.ir.expr.atoms(ir.FnCall) if str(call.args[0]) == name),
                 default=1)
     return torch.nn.PairwiseDistance() if arity == 2 else torch.nn.Tanh()
@@ -97,17 +97,29 @@ def variant(loss: Loss, which: str, params: dict, sizes: dict) -> Callable | Non
             return builtin(*(a for k, a in enumerate(args) if k not in skip), **keywords)
 
         return call
-    return loss.compile(**OPTIONS[which], **params, **sizes)
+    return loss.compile(**OPTIONS[which], **{**sizes, **params})
+
+
+def _checked(size: int, repeat: int, variants: list[str]) -> None:
+    """Mistakes in the request, found before any work: every variant would fail the same way."""
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ParameterError(f"unknown variant '{unknown[0]}'; use {', '.join(VARIANTS)}")
+    for what, value in (("size", size), ("repeat", repeat)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ParameterError(f"{what} must be a whole number of at least 1, got {value!r}")
 
 
 def run(loss: Loss, *, size: int = 4096, repeat: int = 20, variants: list[str] | None = None,
         params: dict | None = None, report: Callable[[str], None] = print) -> str:
+    """The table of `lossdsl bench`. A bad size, repeat, variant or parameter (a misspelt name, a value its
+    constraint refuses) raises before any variant runs: a 'failed' row is for a variant that cannot run."""
     variants = variants or list(DEFAULT_VARIANTS)
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise ParameterError(f"unknown variant '{unknown[0]}'; use {', '.join(VARIANTS)}")
+    params = params or {}
+    _checked(size, repeat, variants)
     gen = torch.Generator().manual_seed(0)
     inputs, sizes = sample_inputs(loss, size, gen)
+    loss.compile(**{**sizes, **params})  # raises on a parameter the loss lacks or a value it refuses
     args = [t.requires_grad_() if isinstance(t, torch.Tensor) and i.kind in DIFFERENTIABLE and i.name not in DATA
             else t for t, i in zip(inputs, loss.inputs, strict=True)]
     if not any(isinstance(t, torch.Tensor) and t.requires_grad for t in args):
@@ -118,7 +130,7 @@ def run(loss: Loss, *, size: int = 4096, repeat: int = 20, variants: list[str] |
             f"{torch.get_num_threads()})", f"  {'variant':<13} {'ms':>8} {'peak memory':>20}  note"]
     for k, which in enumerate(variants, 1):
         report(f"[{k}/{len(variants)}] {which}")
-        rows.append(_row(loss, which, args, params or {}, sizes, repeat, report))
+        rows.append(_row(loss, which, args, params, sizes, repeat, report))
     return "\n".join(rows)
 
 
