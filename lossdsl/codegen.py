@@ -625,6 +625,8 @@ class SourceBuilder:
         loose = [i.name for i in inputs if i.axes is None]
         w = self.lines.append
         if not loose:
+            if self.loss.broadcast:  # an fn call's unlabelled result broadcasts, with no loose input to size it
+                w("_bshape = ()")
             return
         w("try:")
         w(f"    _bshape = _broadcast_shapes({', '.join(f'{self.py[n]}.shape' for n in loose)})")

@@ -168,6 +168,10 @@ class GradientBuilder(SourceBuilder):
         return f"return {value}"
 
     def rewrite(self, body: list[str]) -> list[str]:
+        """In place where a temporary is ours alone; not where the gradient runs autograd itself (grad(...),
+        an fn call): a tensor from there may be saved by autograd, and sub_ on it broke wgan_gp's backward."""
+        if any(g.expr.atoms(ir.Grad, ir.FnCall) for g in self.grads):
+            return _free_temporaries(body)
         return _free_temporaries(_in_place(body, self.em.fresh, self.em.tmp_labels))
 
     def forward_source(self, floats: list[ir.Param]) -> list[str]:

@@ -471,13 +471,7 @@ def test_review_stdlib_ctc_loss_checks_its_lengths() -> None:
         ctc(lp, targets, torch.tensor([5, 5]), torch.tensor([4, 3]))
 
 
-BSHAPE = pytest.mark.xfail(strict=True, reason=(
-    "the symbolic gradient's source reads _bshape, which it never defines, for a loss with an fn input "
-    "(loss.broadcast is set by the fn call); wgan's also subtracts in place from a tensor autograd saved"))
-
-
-@pytest.mark.parametrize("name", [pytest.param("triplet_margin_with_distance_loss", marks=BSHAPE), "ctc_loss",
-                                  pytest.param("wgan_gp_d_loss", marks=BSHAPE)])
+@pytest.mark.parametrize("name", ["triplet_margin_with_distance_loss", "ctc_loss", "wgan_gp_d_loss"])
 def test_review_verify_runs_on_stdlib_losses(name: str) -> None:
     assert lossdsl.verify(lossdsl.stdlib.get(name), trials=1).passed
 

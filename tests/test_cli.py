@@ -265,17 +265,7 @@ def test_review_user_mistakes_exit_1_with_the_closest_name(tmp_path, capsys):
         assert message in captured.err and captured.out == "", (argv, captured.err)
 
 
-FN_GRAD_SOURCE = pytest.mark.xfail(strict=True, reason=(
-    "check now runs (a two-argument fn input gets nn.PairwiseDistance) and reports FAIL instead of a traceback, "
-    "but the symbolic gradient source of a loss with an fn input reads `_bshape`, which it never binds "
-    "(lossdsl/fused.py: loss.broadcast without an undeclared-shape tensor input): NameError"))
-WGAN_GRAD_SOURCE = pytest.mark.xfail(strict=True, reason=(
-    "as FN_GRAD_SOURCE (`_bshape`), and its gradient source also subtracts in place (sub_) from the "
-    "vector_norm output that autograd saved (lossdsl/fused.py): RuntimeError, reported as FAIL"))
-
-
-@pytest.mark.parametrize("name", [pytest.param("triplet_margin_with_distance_loss", marks=FN_GRAD_SOURCE),
-                                  "ctc_loss", pytest.param("wgan_gp_d_loss", marks=WGAN_GRAD_SOURCE)])
+@pytest.mark.parametrize("name", ["triplet_margin_with_distance_loss", "ctc_loss", "wgan_gp_d_loss"])
 def test_review_check_runs_on_stdlib_losses(name, capsys):
     assert review_main(["check", name, "--trials", "1"]) == 0
     assert f"verify {name}: PASS" in capsys.readouterr().out
