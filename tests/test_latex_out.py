@@ -37,8 +37,8 @@ def test_statements_are_aligned_rows_with_the_loss_last():
 
 def test_branches_reductions_and_weighted_means():
     huber = stdlib.get("huber_loss").latex()
-    assert r"\begin{cases} 0.5 e^{2} & \text{if } e < \delta \\ \delta \left(e - 0.5 \delta\right) & " \
-           r"\text{otherwise} \end{cases}" in huber
+    assert r"\begin{cases} 0.5 \left(\min\left(e, \delta\right)\right)^{2} & \text{if } e < \delta \\ " \
+           r"\delta \left(e - 0.5 \delta\right) & \text{otherwise} \end{cases}" in huber
     ce = stdlib.get("cross_entropy").latex()
     assert r"\left[\log\operatorname{softmax}_{c}\left(\mathrm{input}\right)\right]_{n,\mathrm{target}}" in ce
     assert r"\text{reduced by a mean weighted by }" in ce
