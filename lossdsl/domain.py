@@ -27,7 +27,9 @@ def _mul(a: Interval, b: Interval) -> Interval:
 
 
 def _add(a: Interval, b: Interval) -> Interval:
-    return a[0] + b[0], a[1] + b[1]
+    """-inf + inf is nan in floats; an endpoint that could be either is unbounded on its side."""
+    lo, hi = a[0] + b[0], a[1] + b[1]
+    return (-INF if math.isnan(lo) else lo), (INF if math.isnan(hi) else hi)
 
 
 def _exp(v: float) -> float:
@@ -39,20 +41,33 @@ def _log(v: float) -> float:
 
 
 def _power(b: float, x: float) -> float:
-    """b ** x for b >= 0, inf where it overflows (1 / 5e-324 for a `> 0` parameter in a denominator)."""
+    """b ** x for b >= 0, inf where it overflows (1 / 5e-324 for a `> 0` parameter in a denominator) or
+    divides by zero (0 ** -1: the float value is inf)."""
     try:
         return b**x
-    except OverflowError:
+    except (OverflowError, ZeroDivisionError):
         return INF
 
 
-def _pow(base: Interval, e: sp.Basic) -> Interval:
+def _int_power(b: float, x: float) -> float:
+    """b ** x for an integer x > 0 and any sign of b, saturating to +-inf past the float range (100 ** 200)."""
+    try:
+        return b**x
+    except OverflowError:
+        return -INF if b < 0 and x % 2 else INF
+
+
+def _pow(base: Interval, e: sp.Basic, exponent: Interval) -> Interval:
+    """base ** e; `exponent` bounds a symbolic e: a base in [0, 1] stays in [0, 1] only for e >= 0 (for
+    1 / b^g, e = -g, it is [1, inf))."""
     lo, hi = base
     if not e.is_number:
-        return (0.0, 1.0) if lo >= 0 and hi <= 1 else ((0.0, INF) if lo >= 0 else FULL)
+        if lo >= 0 and hi <= 1 and exponent[0] >= 0:
+            return 0.0, 1.0
+        return (0.0, INF) if lo >= 0 else FULL
     x = float(e)
     if x.is_integer() and x > 0:
-        ends = [lo**x, hi**x]
+        ends = [_int_power(lo, x), _int_power(hi, x)]
         if x % 2 == 0 and lo <= 0 <= hi:
             return 0.0, max(ends)
         return min(ends), max(ends)
@@ -91,6 +106,14 @@ class Bounds:
         self.loss = loss
         self.memo: dict[sp.Basic, Interval] = {}
 
+    def maybe_empty(self, e: ir._Reduction) -> Interval:
+        """A conditional max/min/logsumexp (max_{k != n}) may range over nothing, one sample: its value is
+        the identity then, -inf for max and logsumexp, +inf for min, and the bounds include it."""
+        lo, hi = self(e.body)
+        if isinstance(e, ir.Min_):
+            return lo, INF
+        return -INF, (hi if isinstance(e, ir.Max_) else INF)
+
     def __call__(self, e: sp.Basic) -> Interval:
         if e not in self.memo:
             self.memo[e] = self._bounds(e)
@@ -127,7 +150,7 @@ class Bounds:
                 out = _mul(out, self(a))
             return out
         if isinstance(e, sp.Pow):
-            return _pow(self(e.base), e.exp)
+            return _pow(self(e.base), e.exp, self(e.exp))
         return self._node(e)
 
     def _node(self, e: sp.Basic) -> Interval:
@@ -142,6 +165,8 @@ class Bounds:
             return min(p[0] for p in parts), max(p[1] for p in parts)
         if isinstance(e, (ir.Sum_, ir.Prod_)):
             return _sum_like(self(e.body)) if isinstance(e, ir.Sum_) else FULL
+        if isinstance(e, (ir.Max_, ir.Min_, ir.LogSumExp_)) and e.cond != sp.true:
+            return self.maybe_empty(e)
         if isinstance(e, (ir.Mean_, ir.Max_, ir.Min_, ir.At)):
             return self(e.args[0])
         if isinstance(e, ir.Norm_):
