@@ -109,10 +109,21 @@ def rename(e: sp.Basic, mapping: dict[sp.Symbol, sp.Basic],
                 b = nb
             new_idx.append(b)
         return type(e)(rename(body, inner, renamed), sp.Tuple(*new_idx), rename(cond, inner, renamed))
-    if isinstance(e, ir.At):
+    if isinstance(e, ir.At):  # x[k, j][j = 0] binds j as a reduction does: k -> j must not be captured
         body, axes, values = e.args
         inner = {k: v for k, v in mapping.items() if k not in axes}
-        return ir.At(rename(body, inner, renamed), axes, sp.Tuple(*(rename(v, mapping, renamed) for v in values)))
+        incoming = set().union(*(sp.sympify(v).free_symbols for v in inner.values())) if inner else set()
+        new_axes = []
+        for a in axes:
+            if a in incoming:
+                na = fresh(a)
+                body = rename(body, {a: na}, renamed)
+                if renamed is not None:
+                    renamed[na] = a
+                a = na
+            new_axes.append(a)
+        return ir.At(rename(body, inner, renamed), sp.Tuple(*new_axes),
+                     sp.Tuple(*(rename(v, mapping, renamed) for v in values)))
     if not e.args or isinstance(e, ir.Size):
         return e
     new_args = [rename(a, mapping, renamed) for a in e.args]

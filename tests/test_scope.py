@@ -333,8 +333,6 @@ def test_rename_into_an_integer_position() -> None:
     assert evaluate(r, {}) == sum(X_TABLE[t, 2] for t in range(N) if t != 2)
 
 
-@pytest.mark.xfail(strict=True, reason="rename into an At does not rename the At's bound axes: a free index "
-                   "renamed to one of them is captured (x[k, j][j=0] with k -> j reads x[0, 0])")
 def test_rename_does_not_capture_through_at() -> None:
     e = ir.At(x[k, j], sp.Tuple(j), sp.Tuple(0))  # x[k, 0], k free
     r = rename(e, {k: j})  # should be x[j, 0], j free
@@ -342,8 +340,6 @@ def test_rename_does_not_capture_through_at() -> None:
     assert [evaluate(r, {j: v}) for v in range(N)] == [X_TABLE[v, 0] for v in range(N)]
 
 
-@pytest.mark.xfail(strict=True, reason="the front end's rename of an intermediate read at a constant position "
-                   "captures the caller's index (scope.rename through At): g[j] = h[j, 0] lowers to x[0, 0]")
 def test_an_intermediate_read_at_a_position_keeps_its_free_index(cache_dir) -> None:
     import torch
 
