@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import sympy as sp
@@ -27,7 +28,10 @@ class V:
 
 def _literal(e: sp.Basic) -> str:
     if e.is_Integer:
-        return f"{int(e)}.0" if abs(int(e)) < 1 << 53 else repr(float(e))
+        if abs(int(e)) < 1 << 53:
+            return f"{int(e)}.0"
+        if abs(int(e)) >= 2**1024:  # 10^400 rounds to inf (repr: `inf`, a name generated code lacks)
+            return f"float('{math.copysign(math.inf, int(e))}')"
     value = float(e)
     return repr(value) if value == value and abs(value) != float("inf") else f"float('{value}')"
 
