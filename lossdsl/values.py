@@ -31,7 +31,7 @@ def _literal(e: sp.Basic) -> str:
         if abs(int(e)) < 1 << 53:
             return f"{int(e)}.0"
         if abs(int(e)) >= 2**1024:  # 10^400 rounds to inf (repr: `inf`, a name generated code lacks)
-            return f"float('{math.copysign(math.inf, int(e))}')"
+            return "float('inf')" if e > 0 else "float('-inf')"
     value = float(e)
     return repr(value) if value == value and abs(value) != float("inf") else f"float('{value}')"
 

@@ -118,7 +118,7 @@ def test_literals_appear_in_generated_code_as_floats(cache_dir) -> None:
 
 @pytest.mark.parametrize("n", [10**400, -(10**400)], ids=["positive", "negative"])
 def test_an_integer_beyond_the_float_range_prints_as_infinity(n: int) -> None:
-    assert run_literal(_literal(sp.Integer(n))) == math.copysign(math.inf, n)
+    assert run_literal(_literal(sp.Integer(n))) == (math.inf if n > 0 else -math.inf)
 
 
 def test_a_loss_with_a_huge_integer_constant_runs(cache_dir) -> None:
