@@ -8,8 +8,9 @@
   IR's index expressions over a small axis records which names it reads from the environment: exactly the
   free indices must be read.
 * `rename` substitutes free indices and renames bound ones that would capture a substituted name. The
-  evaluator checks the substitution lemma on random expressions with nested conditional reductions:
-  evaluating rename(e, {s: v}) in env equals evaluating e with s bound to v's value in env.
+  evaluator checks the substitution lemma on random expressions with nested conditional reductions and
+  reads at a position (`At`): evaluating rename(e, {s: v}) in env equals evaluating e with s bound to v's
+  value in env.
 """
 
 from __future__ import annotations
@@ -134,6 +135,9 @@ LEAVES = st.one_of(
 )
 
 
+VALUES = st.one_of(INDEX, st.integers(0, N - 1).map(sp.Integer), INDEX.map(lambda a: y[a]))
+
+
 def _extend(sub: st.SearchStrategy) -> st.SearchStrategy:
     reductions = st.sampled_from([ir.Sum_, ir.Prod_, ir.Max_, ir.Min_])
     return st.one_of(
@@ -141,11 +145,11 @@ def _extend(sub: st.SearchStrategy) -> st.SearchStrategy:
         st.tuples(sub, sub).map(lambda t: t[0] * t[1]),
         st.tuples(reductions, sub, st.lists(INDEX, min_size=1, max_size=2, unique=True), CONDS).map(
             lambda t: t[0](t[1], sp.Tuple(*t[2]), t[3])),
+        st.tuples(sub, INDEX, VALUES).map(lambda t: ir.At(t[0], sp.Tuple(t[1]), sp.Tuple(t[2]))),  # body[a = v]
     )
 
 
 EXPRS = st.recursive(LEAVES, _extend, max_leaves=5)
-VALUES = st.one_of(INDEX, st.integers(0, N - 1).map(sp.Integer), INDEX.map(lambda a: y[a]))
 MAPPINGS = st.dictionaries(INDEX, VALUES, max_size=3)
 ENVS = st.fixed_dictionaries({s: st.integers(0, N - 1) for s in POOL})
 
