@@ -33,6 +33,17 @@ APPLY_SOURCE = [
     "",
 ]
 
+LOAD_SOURCE = [
+    "    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):",
+    '        """A learnable parameter still lazy (no size given, no call yet) takes the checkpoint\'s shape',
+    '        first, as torch\'s lazy modules do: load_state_dict of a trained module into a fresh one."""',
+    "        for name, value in self._parameters.items():",
+    "            if isinstance(value, torch.nn.parameter.UninitializedParameter) and prefix + name in state_dict:",
+    "                value.materialize(state_dict[prefix + name].shape)",
+    "        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)",
+    "",
+]
+
 PRELUDE = '''import torch
 
 
@@ -441,6 +452,8 @@ class SourceBuilder:
         out += self.init_source(floats)
         if any(p.type != "learnable" for p in floats):
             out += APPLY_SOURCE
+        if any(p.type == "learnable" and p.axes for p in floats):
+            out += LOAD_SOURCE
         out += self.forward_source(floats)
         used = "\n".join(out)
         nodes = [node_class(node) for node, spec in NODES.items() if f"{spec.name}.apply(" in used]

@@ -423,9 +423,6 @@ def test_review_fused_module_pickles() -> None:
     assert_close(pickle.loads(pickle.dumps(module))(x, y), module(x, y))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a learnable parameter left lazy (no t=) cannot load a checkpoint: load_state_dict copies into the [0]-sized "
-    "UninitializedParameter and fails (torch's lazy modules materialise first)"))
 def test_review_lazy_learnable_parameter_loads_a_checkpoint() -> None:
     trained = LOSSES["uncertainty_weighting"].compile(t=3)
     with torch.no_grad():
