@@ -184,7 +184,7 @@ def _weight_loss(loss: Loss, name: str) -> Loss:
     """The loss's `reduce mean weighted by w` weight as a loss of its own (summed per chunk), when it does
     not depend on the logits: d(sum / weight) would then need the weight's gradient too."""
     w = loss.ir.reduce_weight
-    if any(isinstance(s, sp.Indexed) and s.base.name == name for s in sp.preorder_traversal(w)):
+    if ir.reads(w, name):
         raise LossError(f"{loss.name} weights its mean by a function of '{name}'; chunked, use reduction='sum'")
     return Loss(dataclasses.replace(loss.ir, expr=w, reduce_weight=None, reduce_mode=None, statements=[],
                                     notes=[]))

@@ -32,6 +32,7 @@ BINARY: dict[str, Callable[..., sp.Expr]] = {"min": sp.Min, "max": sp.Max, "xlog
 WHOLE = ("sum", "mean", "prod", "max", "min", "logsumexp", "norm")
 SUBSCRIPTED_OPS = ("log_softmax", "logsumexp", "normalize", "softmax", "sum", "mean", "prod", "max", "min", "norm")
 SUBSCRIPTED = re.compile(rf"^({'|'.join(SUBSCRIPTED_OPS)})_(\w*)$")
+FUNCTIONS = (*ELEMENTWISE, *BINARY, *WHOLE, "where", "clamp")  # called by name, without a subscript
 CONSTANTS = {"pi": sp.pi, "true": sp.Integer(1), "false": sp.Integer(0)}
 ARITHMETIC: dict[str, Callable[[float, float], float]] = {
     "+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv, "^": operator.pow}
@@ -61,7 +62,6 @@ def constant(e: s.Expr, what: str) -> float | int | bool:
             raise ParameterError(f"{what} is not a real number (({a})^{b} is complex)", e.span) from None
         return value
     raise ParameterError(f"{what} must be a constant number", e.span)
-
 
 
 class Lowerer:
@@ -288,7 +288,7 @@ class Lowerer:
                 "^": lambda: a**b}[e.op]()
 
     def known_names(self) -> list[str]:
-        return [*self.inputs, *self.params, *self.values, *ELEMENTWISE, *BINARY, *WHOLE, "where", "clamp",
+        return [*self.inputs, *self.params, *self.values, *FUNCTIONS,
                 *(n.removeprefix("*").removeprefix(self.prefix) for n in self.axes.order)]
 
     def known_functions(self, f: str) -> list[str]:
@@ -322,7 +322,7 @@ class Lowerer:
             return ir.Size(self.idx(n.lower(), True))
         if n in CONSTANTS:
             return CONSTANTS[n]
-        if n in (*ELEMENTWISE, *BINARY, *WHOLE, "where", "clamp"):
+        if n in FUNCTIONS:
             raise KindError(f"'{n}' is a function; call it, as in {n}(x)", e.span)
         raise UnknownNameError(f"unknown name '{n}'" + did_you_mean(n, self.known_names()), e.span)
 
@@ -504,9 +504,7 @@ class Lowerer:
         normaliser's index stays free (softmax_k(x[n, k]) is indexed by k), so it is not made local."""
         declared = {a for d in (*self.inputs.values(), *self.params.values()) for a in d.axes or ()}
         saved = dict(self.alias)
-        for it in items:
-            if op in ir.NORMALISERS:
-                break
+        for it in [] if op in ir.NORMALISERS else items:
             if not it.group and str(self.idx(it.index)) not in declared and it.index not in self.values:
                 self.alias[it.index] = fresh(ir.index_symbol(it.index)).name
         try:

@@ -177,12 +177,10 @@ class Deriver:
     # -- structure
     def depends(self, e: sp.Basic) -> bool:
         if e not in self._dep:
-            if isinstance(e, sp.Indexed):
-                hit = e.base.name == self.wrt
+            if isinstance(e, (sp.Indexed, sp.Symbol)):
+                hit = ir.is_tensor(e, self.wrt)
             elif isinstance(e, Frozen):
                 hit = False
-            elif isinstance(e, sp.Symbol):
-                hit = e.name == self.wrt and not ir.is_index(e)
             else:
                 hit = any(self.depends(a) for a in e.args)
             self._dep[e] = hit

@@ -293,6 +293,17 @@ _piecewise_module = sys.modules["sympy.functions.elementary.piecewise"]
 _piecewise_module.piecewise_fold = _fold_outside_tensors(_piecewise_module.piecewise_fold)
 
 
+def reads(e: sp.Basic, name: str) -> bool:
+    """Whether e reads the input or parameter `name` (x of undeclared shape, or x[...])."""
+    return any(is_tensor(x, name) for x in sp.preorder_traversal(e))
+
+
+def is_tensor(e: sp.Basic, name: str) -> bool:
+    """Whether e is the input or parameter `name` itself, as the front end writes it."""
+    return ((isinstance(e, sp.Indexed) and e.base.name == name)
+            or (isinstance(e, sp.Symbol) and e.name == name and not is_index(e)))
+
+
 def index_symbol(name: str) -> sp.Symbol:
     """Index symbols are the only non-negative integer symbols (int parameters are plain integers)."""
     return sp.Symbol(name, integer=True, nonnegative=True)

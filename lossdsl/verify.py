@@ -133,19 +133,12 @@ def clamped_below(loss: ir.LossIR) -> list[str]:
     for i in loss.inputs:
         if i.kind not in ("real", "logits"):  # the kinds whose domain reaches below 0
             continue
-        clamps = [m for m in loss.expr.atoms(sp.Max) if any(_is_input(a, i.name) for a in m.args)
-                  and all(bounds(a)[0] >= 0 for a in m.args if not _is_input(a, i.name))]
-        if clamps and not _reads(loss.expr.xreplace({m: sp.Dummy() for m in clamps}), i.name):
+        clamps = [m for m in loss.expr.atoms(sp.Max) if any(ir.is_tensor(a, i.name) for a in m.args)
+                  and all(bounds(a)[0] >= 0 for a in m.args if not ir.is_tensor(a, i.name))]
+        if clamps and not ir.reads(loss.expr.xreplace({m: sp.Dummy() for m in clamps}), i.name):
             out.append(i.name)
     return out
 
-
-def _is_input(e: sp.Basic, name: str) -> bool:
-    return (isinstance(e, sp.Symbol) and e.name == name) or (isinstance(e, sp.Indexed) and e.base.name == name)
-
-
-def _reads(e: sp.Basic, name: str) -> bool:
-    return any(_is_input(x, name) for x in sp.preorder_traversal(e))
 
 
 @dataclass(frozen=True)
