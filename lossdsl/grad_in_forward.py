@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from . import fused, ir
+from . import fused, inductor_call, ir
 from .gradient import effective_reduction
 
 
@@ -37,10 +37,14 @@ def install(module: torch.nn.Module, dynamic: bool | None) -> None:
     own: its own code object, since torch.compile keeps at most recompile_limit (8) graphs per code object
     and each module instance would add its own (see fused._own_code). Inductor's reorder_for_locality
     is off for it: that pass moves each node next to its first use, which put the gradients (used by
-    the graph's output only) after the loss and undid the order _loss_and_grads writes them in."""
+    the graph's output only) after the loss and undid the order _loss_and_grads writes them in. Unless
+    shapes are dynamic, calls go to Inductor's kernels without Dynamo on the way (lossdsl.inductor_call)."""
     name = f"in_forward_{type(module).__name__}_{id(module):x}"
-    module._lossdsl_run = torch.compile(fused._own_code(_loss_and_grads, name), dynamic=dynamic,
-                                        options={"reorder_for_locality": False})
+    options = {"reorder_for_locality": False}
+    run = torch.compile(fused._own_code(_loss_and_grads, name), dynamic=dynamic, options=options)
+    if not dynamic and hasattr(torch.compiler, "_is_compiling_flag"):
+        run = inductor_call.DirectRun(_loss_and_grads, run, options, limit=2 if dynamic is None else 8)
+    module._lossdsl_run = run
     module._lossdsl_function = _InForward
 
 
@@ -84,7 +88,7 @@ class _InForward(fused._Fused):
         grads, ctx.grads = ctx.grads, None
         if not grads or torch.is_grad_enabled():
             return fused._Fused.backward(ctx, grad_out)
-        return fused.by_position(ctx.module, ctx.want, _scaled(grads, grad_out))
+        return fused.by_position(ctx.module, ctx.want, _scaled(grads, grad_out, ctx.saved_tensors))
 
 
 def _run(module: torch.nn.Module, want: tuple[str, ...], inputs: tuple) -> tuple:
@@ -93,15 +97,18 @@ def _run(module: torch.nn.Module, want: tuple[str, ...], inputs: tuple) -> tuple
     return fused.unflagged(module, out, inputs), grads
 
 
-def _scaled(grads: tuple[torch.Tensor, ...], grad_out: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _scaled(grads: tuple[torch.Tensor, ...], grad_out: torch.Tensor,
+            inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     """The gradients times grad_out. grad_out of 1 on the CPU, loss.backward()'s, is checked and skipped; on
     an accelerator the check would wait for the device, which costs more than the multiply. In place when
-    each gradient is a dense buffer of its own (they are this backward's alone now); a gradient that does
-    not depend on the inputs comes back from Inductor expanded from one number, and two equal ones may
-    share a buffer (mean(x + y)), so those are multiplied out of place."""
+    each gradient is a dense buffer of its own (they are this backward's alone now). Out of place when
+    gradients share memory with each other or with an input: a gradient that does not depend on the inputs
+    comes back from Inductor expanded from one number, two equal ones may share a buffer (mean(x + y)), and
+    the gradient of sum(x * y) with respect to x is y itself, which an in-place multiply changed."""
     if grad_out.device.type == "cpu" and grad_out.numel() == 1 and grad_out.item() == 1.0:
         return grads
-    storages = {g.untyped_storage().data_ptr() for g in grads}
-    if len(storages) == len(grads) and all(g.is_contiguous() for g in grads):
+    storages = [g.untyped_storage().data_ptr() for g in grads]
+    theirs = {t.untyped_storage().data_ptr() for t in inputs}
+    if len(set(storages)) == len(grads) and theirs.isdisjoint(storages) and all(g.is_contiguous() for g in grads):
         return tuple(g.mul_(grad_out) for g in grads)
     return tuple(g * grad_out for g in grads)

@@ -95,6 +95,18 @@ def test_constant_gradients_are_scaled_out_of_place() -> None:
 
 
 @pytest.mark.slow
+def test_a_gradient_that_is_an_input_is_scaled_out_of_place() -> None:
+    """sum(x * y): the gradient with respect to x is y itself, which an in-place multiply by grad_out changed."""
+    module = lossdsl.compile("loss lin(x, y):\n    x * y\n", reduction="sum", mode="compiled", backward="in_forward")
+    x = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(8, dtype=torch.float64)
+    kept = y.clone()
+    g, = _grads(module(x, y), x, seed=2.5)
+    torch.testing.assert_close(y, kept, rtol=0, atol=0)
+    torch.testing.assert_close(g, 2.5 * kept)
+
+
+@pytest.mark.slow
 def test_no_gradient_is_computed_without_grad_mode() -> None:
     module = _inf("mse_loss")
     x, y = torch.randn(64, dtype=torch.float64, requires_grad=True), torch.randn(64, dtype=torch.float64)
