@@ -85,7 +85,7 @@ def build(loss, module: torch.nn.Module, *, dynamic: bool | None = None, backwar
     else:
         base.compile(dynamic=dynamic)
         call = base._compiled_call_impl
-    prepare = fused.prepare_backward if symbolic else None
+    prepare = fused.prepare_backward if symbolic and not in_forward else None  # in_forward prepares its own
     base._compiled_call_impl = _timed(base, call, "none" if in_forward else recompute, spec, prepare)
     base.compile_seconds = 0.0
     base.compile_log = []

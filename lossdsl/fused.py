@@ -443,10 +443,16 @@ def prepare_backward(module: torch.nn.Module, args: tuple, kwargs: dict) -> None
     inputs = [*args, *(kwargs.get(nm) for nm in module.input_names[len(args):])]
     want = _wanted(module, [*inputs, *(getattr(module, nm) for nm in module._lossdsl_learnable)])
     if want:
-        key = _backward_key(module, want, kernel_bits(inputs))
-        table = module.__dict__.setdefault("_lossdsl_vjp", {})
-        if key not in table:
-            table[key] = _vjp_class(*key)
+        prepare_vjp(module, want, inputs)
+
+
+def prepare_vjp(module: torch.nn.Module, want: tuple[str, ...], inputs) -> None:
+    """Builds, outside any tracing, the backward for the gradients `want` of these inputs into the module's
+    table, which the traced `vjp` reads."""
+    key = _backward_key(module, want, kernel_bits(list(inputs)))
+    table = module.__dict__.setdefault("_lossdsl_vjp", {})
+    if key not in table:
+        table[key] = _vjp_class(*key)
 
 
 @torch.compiler.disable

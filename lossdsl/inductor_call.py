@@ -16,7 +16,7 @@ What it gives up is what Dynamo does per call, so it is taken only where that ca
   tensor that is neither an input nor a buffer, fails the trace (the module then always uses the
   fallback) rather than being written into the graph as a constant.
 The module's buffers are graph inputs, so an in-place change to a weight is read by the next call. Modules
-with learnable parameters (lazily shaped ones among them) and calls under autocast take the fallback.
+with learnable parameters (lazily shaped ones among them) take the fallback.
 """
 
 from __future__ import annotations
@@ -38,13 +38,11 @@ class DirectRun:
         self.broken = False  # a trace failed: this module's graph is not traceable without Dynamo
 
     def __call__(self, module: torch.nn.Module, want: tuple[str, ...], *inputs):
-        if self.broken or not _eligible(module, inputs):
-            return self.fallback(module, want, *inputs)
-        buffers = _buffers(module)
-        key = _key(module, want, inputs, buffers)
-        entry = self.table.get(key)
+        buffers = {name: b for name, b in module._buffers.items() if b is not None}
+        key = None if self.broken else _key(module, want, inputs, buffers)
+        entry = self.table.get(key) if key is not None else None
         if entry is None:
-            if len(self.table) >= self.limit:
+            if key is None or len(self.table) >= self.limit:
                 return self.fallback(module, want, *inputs)
             entry = self._compile(module, want, inputs, buffers)
             if entry is None:
@@ -68,7 +66,7 @@ class DirectRun:
 
         example = [t.detach() for t in (*inputs, *buffers.values())]
         try:
-            with _compiling():
+            with _compiling(), torch.autocast(inputs[0].device.type, enabled=False):
                 graph = make_fx(flat, tracing_mode="fake")(*example)
         except Exception:  # any failure to trace means: let Dynamo handle this module
             self.broken = True
@@ -84,23 +82,16 @@ def _unflattened(outputs: list, flagged: bool) -> tuple:
     return outputs[0], tuple(outputs[1:])
 
 
-def _eligible(module: torch.nn.Module, inputs: tuple) -> bool:
-    """A call the direct path can key: tensor inputs, no learnable parameters, autocast off."""
-    if module._lossdsl_learnable or not all(isinstance(t, torch.Tensor) for t in inputs) or not inputs:
-        return False
-    return not torch.is_autocast_enabled(inputs[0].device.type)
-
-
-def _buffers(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: b for name, b in module._buffers.items() if b is not None}
-
-
-def _key(module: torch.nn.Module, want: tuple[str, ...], inputs: tuple, buffers: dict[str, torch.Tensor]) -> tuple:
-    """Everything the traced graph depends on besides the tensors' values."""
-    tensors = (*inputs, *buffers.values())
+def _key(module: torch.nn.Module, want: tuple[str, ...], inputs: tuple,
+         buffers: dict[str, torch.Tensor]) -> tuple | None:
+    """Everything the traced graph depends on besides the tensors' values; None for a call the direct path
+    does not take (a non-tensor input, learnable parameters). Not autocast's state: the generated forward
+    and backward turn it off, so the graph is the same either way (and is traced with it off)."""
+    if module._lossdsl_learnable or not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
+        return None
     return (module._lossdsl_key, want, module.reduction, module.validate, tuple(buffers),
-            *(getattr(module, py) for _, py in module._lossdsl_fixed),
-            *((t.shape, t.stride(), t.dtype, t.device) for t in tensors))
+            *[getattr(module, py) for _, py in module._lossdsl_fixed],
+            *[(t.shape, t.stride(), t.dtype, t.device) for t in (*inputs, *buffers.values())])
 
 
 @contextlib.contextmanager
