@@ -241,6 +241,20 @@ def _broadcast_shapes(*shapes):
     return torch.broadcast_shapes(*shapes)
 
 
+def _param_shape(module, name, value, shape):
+    """A parameter given as a tensor broadcasts to the inputs' shape without enlarging it, as torch's weights
+    must: a bigger one would give the loss more elements (another mean, a bigger 'none' output)."""
+    if value.dim() == 0 or value.shape == shape:
+        return
+    try:
+        fits = torch.broadcast_shapes(value.shape, shape) == shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise module.error(f"parameter '{name}' has shape {tuple(value.shape)}, which does not broadcast to the "
+                           f"inputs' shape {tuple(shape)}")
+
+
 def _along(fn, x, dim):
     """fn(x, dim=dim) computed along the last dim when every dim after `dim` has size 1 (a *group of rank 0):
     torch's softmax kernels along an inner dim are scalar code (log_softmax of 4096 x 1024 x 1, forward +
@@ -410,6 +424,7 @@ class SourceBuilder:
         self.lines: list[str] = []
         self.bound: dict[str, tuple[str, int]] = {}  # axis class -> (tensor, dim) it was first read from
         self.order = list(loss.axis_of)
+        self.loose = False  # whether forward() has _bshape, the broadcast shape of the inputs without axes
 
     # ---- naming
     def canon(self, label: str) -> str:
@@ -636,6 +651,7 @@ class SourceBuilder:
 
     def bind_broadcast(self, inputs: list[ir.Input]) -> None:
         loose = [i.name for i in inputs if i.axes is None]
+        self.loose = bool(loose)
         w = self.lines.append
         if not loose:
             if self.loss.broadcast:  # an fn call's unlabelled result broadcasts, with no loose input to size it
@@ -716,6 +732,8 @@ class SourceBuilder:
             w(f"{n} = self.{n}.to(dtype=_dt)  # differentiable: the gradient reaches the parameter")
         else:
             w(f"{n} = _param(self, {n!r}, _dev, _dt)")
+            if not axes and self.loose:
+                w(f"_param_shape(self, {p.name!r}, {n}, _bshape)")
         if axes:
             sizes = ", ".join(self.size_var(a) for a in axes)
             w(f"if {n}.dim() == 0:")

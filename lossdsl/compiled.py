@@ -13,6 +13,10 @@ hash the traced graph — that is, the generated source, the compile options, an
 devices (and, for static shapes, sizes). A second process therefore pays Dynamo's tracing (about a
 second) but not Inductor's code generation and C++ compilation. The backward graph is compiled lazily by
 AOTAutograd on the first backward call, which `compile_seconds` does not include.
+
+backward="in_forward" has no backward graph, and its calls skip Dynamo: its function is traced by make_fx
+and compiled by Inductor directly, the compiled kernels called without Dynamo's per-call path
+(lossdsl.inductor_call), with the torch.compile'd function as the fallback for dynamic shapes.
 """
 
 from __future__ import annotations

@@ -33,7 +33,27 @@ def _add(a: Interval, b: Interval) -> Interval:
 
 
 def _exp(v: float) -> float:
-    return 0.0 if v < -700 else (INF if v > 700 else math.exp(v))
+    """exp(v): 0 below -700 (saturation, reachable), inf only where float64 overflows (exp(709) is finite)."""
+    if v < -700:
+        return 0.0
+    try:
+        return math.exp(v)
+    except OverflowError:
+        return INF
+
+
+def _expm1(v: float) -> float:
+    """expm1(v), exact for tiny v (exp(v) - 1 rounds 1e-20 to 0 and loses its sign)."""
+    if v < -700:
+        return -1.0
+    try:
+        return math.expm1(v)
+    except OverflowError:
+        return INF
+
+
+def _log1p(v: float) -> float:
+    return -INF if v <= -1 else (INF if v == INF else math.log1p(v))
 
 
 def _log(v: float) -> float:
@@ -86,8 +106,8 @@ def _sum_like(body: Interval) -> Interval:
 FUNCTIONS: dict[type, Callable[[Interval], Interval]] = {
     sp.exp: lambda b: (_exp(b[0]), _exp(b[1])),
     sp.log: lambda b: (_log(b[0]), _log(b[1])),
-    ir.log1p: lambda b: (_log(1 + b[0]), _log(1 + b[1])),
-    ir.expm1: lambda b: (_exp(b[0]) - 1, _exp(b[1]) - 1),
+    ir.log1p: lambda b: (_log1p(b[0]), _log1p(b[1])),
+    ir.expm1: lambda b: (_expm1(b[0]), _expm1(b[1])),
     ir.sigmoid: lambda b: (0.0, 1.0),
     ir.logsigmoid: lambda b: (-INF, 0.0),
     ir.softplus: lambda b: (0.0, INF),

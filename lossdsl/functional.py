@@ -91,6 +91,17 @@ def _same_size(a: Tensor, b: Tensor, message: str) -> None:
         raise InputError(message)
 
 
+def _fits(a: Tensor, input: Tensor, what: str) -> None:
+    """a broadcasts to input's shape without enlarging it: torch writes the loss into input's shape."""
+    try:
+        fits = torch.broadcast_shapes(a.shape, input.shape) == input.shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise InputError(f"{what} of shape {tuple(a.shape)} does not broadcast to the input's shape "
+                         f"{tuple(input.shape)}")
+
+
 def _batched(out: Tensor, unbatched: bool, reduction: str) -> Tensor:
     """Undo the batch of one added for an unbatched input (only visible with reduction='none')."""
     return out.squeeze(0) if unbatched and reduction == "none" else out
@@ -188,6 +199,7 @@ def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = 
     _same_size(target, input, f"Using a target size ({target.size()}) that is different to the input size "
                               f"({input.size()}) is deprecated. Please ensure they have the same size.")
     if weight is not None:
+        _fits(weight, input, "binary_cross_entropy: weight")
         weight = weight.expand(torch.broadcast_shapes(target.size(), weight.size()))
     return _run("binary_cross_entropy", reduction, input, target, weight=weight)
 
@@ -253,6 +265,7 @@ def soft_margin_loss(input: Tensor, target: Tensor, size_average: bool | None = 
                      reduction: str = "mean") -> Tensor:
     """Two-class logistic loss (torch.nn.functional.soft_margin_loss)."""
     reduction = _reduction(reduction, size_average, reduce)
+    _fits(target, input, "soft_margin_loss: target")
     return _run("soft_margin_loss", reduction, input, target)
 
 
@@ -355,8 +368,12 @@ def triplet_margin_loss(anchor: Tensor, positive: Tensor, negative: Tensor, marg
         raise InputError(f"triplet_margin_loss: expected 1D (unbatched) or 2D (batched) inputs, got "
                          f"{anchor.dim()}D")
     unbatched = anchor.dim() == 1
-    anchor, positive, negative = torch.broadcast_tensors(*(t.reshape(-1, t.shape[-1]) if unbatched else t
-                                                           for t in (anchor, positive, negative)))
+    try:
+        anchor, positive, negative = torch.broadcast_tensors(*(t.reshape(-1, t.shape[-1]) if unbatched else t
+                                                               for t in (anchor, positive, negative)))
+    except RuntimeError:
+        raise InputError(f"triplet_margin_loss: anchor {tuple(anchor.shape)}, positive {tuple(positive.shape)} "
+                         f"and negative {tuple(negative.shape)} do not broadcast together") from None
     out = _run("triplet_margin_loss_swap" if swap else "triplet_margin_loss", reduction, anchor, positive, negative,
                margin=float(margin), p=float(p), eps=float(eps))
     return _batched(out, unbatched, reduction)

@@ -496,7 +496,33 @@ def _fused_class(base: type[torch.nn.Module], key: int) -> type[torch.nn.Module]
         "_lossdsl_learnable": learnable, "_lossdsl_function": _Fused,
         "_lossdsl_kinds": kinds, "_lossdsl_flag_out": True,
         "_lossdsl_fixed": tuple((p.name, py[p.name]) for p in loss.params if p.type in ("int", "bool")),
-        "_lossdsl_key": key, "__doc__": base.__doc__})
+        "_lossdsl_key": key, "__doc__": base.__doc__, "__reduce_ex__": _reduce_fused})
+
+
+# Instance attributes that belong to one process: built backward classes, and compiled mode's retargeting.
+_PER_PROCESS = ("_lossdsl_vjp", "_lossdsl_key", "_lossdsl_eager_forward")
+
+
+def _reduce_fused(self: torch.nn.Module, protocol: int) -> tuple:
+    """pickle / torch.save of a fused module. Its class is made at run time from the loss's IR, so the pickle
+    holds the eager class's source and the IR (SymPy pickles it), and loading builds both again. A compiled
+    module is not picklable (its call is a closure over torch.compile's), and raises as before."""
+    cls = type(self)
+    base = cls.__mro__[1]
+    if "__lossdsl_source__" not in base.__dict__ or cls.__dict__.get("_lossdsl_key") is None:
+        return object.__reduce_ex__(self, protocol)
+    state = {k: v for k, v in self.__getstate__().items() if k not in _PER_PROCESS}
+    return _rebuild_fused, (base.__lossdsl_source__, base.__name__, _LOSSES[cls._lossdsl_key]), state
+
+
+def _rebuild_fused(source: str, name: str, loss_ir: ir.LossIR) -> torch.nn.Module:
+    from .api import _rebuild
+
+    module = _rebuild(source, name)
+    key = id(loss_ir)
+    _LOSSES.setdefault(key, loss_ir)
+    module.__class__ = _fused_class(type(module), key)
+    return module
 
 
 def _own_code(fn: types.FunctionType, name: str) -> types.FunctionType:

@@ -42,7 +42,7 @@ class DirectRun:
         key = None if self.broken else _key(module, want, inputs, buffers)
         entry = self.table.get(key) if key is not None else None
         if entry is None:
-            if key is None or len(self.table) >= self.limit:
+            if key is None or len(self._current(key[0])) >= self.limit:
                 return self.fallback(module, want, *inputs)
             entry = self._compile(module, want, inputs, buffers)
             if entry is None:
@@ -50,6 +50,12 @@ class DirectRun:
             self.table[key] = entry
         run, flagged = entry
         return _unflattened(run(*inputs, *buffers.values()), flagged)
+
+    def _current(self, loss_key: int) -> dict[tuple, tuple[Callable, bool]]:
+        """The table without entries of another loss: compiled mode's Specializer retargets the module to a
+        loss with new parameter values written in, after which the old entries are never hit again."""
+        self.table = {k: v for k, v in self.table.items() if k[0] == loss_key}
+        return self.table
 
     def _compile(self, module: torch.nn.Module, want: tuple[str, ...], inputs: tuple,
                  buffers: dict[str, torch.Tensor]) -> tuple[Callable, bool] | None:

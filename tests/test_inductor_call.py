@@ -88,6 +88,26 @@ def test_new_shapes_past_the_limit_go_to_torch_compile() -> None:
 
 
 @pytest.mark.slow
+def test_changed_parameter_values_replace_the_entry() -> None:
+    """gamma is written into the compiled forward (compiled.Specializer); each new value is a new loss, whose
+    entry replaces the old one rather than filling the table and sending later calls to the fallback."""
+    module = lossdsl.stdlib.sigmoid_focal_loss(mode="compiled", backward="in_forward")
+    eager = lossdsl.stdlib.sigmoid_focal_loss()
+    fell_back = []
+    fallback = module._lossdsl_run.fallback
+    module._lossdsl_run.fallback = lambda *a: fell_back.append(1) or fallback(*a)
+    x = (torch.randn(64, dtype=torch.float64) * 3).requires_grad_(True)
+    y = torch.randint(0, 2, (64,)).double()
+    for gamma in (2.0, 1.0, 3.0, 0.5):
+        module.gamma.fill_(gamma)
+        eager.gamma.fill_(gamma)
+        out, ref = module(x, y), eager(x, y)
+        torch.testing.assert_close(out, ref)
+        torch.testing.assert_close(torch.autograd.grad(out, x)[0], torch.autograd.grad(ref, x)[0])
+    assert len(module._lossdsl_run.table) == 1 and not fell_back
+
+
+@pytest.mark.slow
 def test_range_checks_raise_through_an_entry() -> None:
     module = _nll()
     x, y = _inputs(4)
