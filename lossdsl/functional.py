@@ -10,6 +10,7 @@ Any other name (`F.relu`, `F.softmax`, ...) is torch.nn.functional's own, so the
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -346,9 +347,22 @@ def cosine_embedding_loss(input1: Tensor, input2: Tensor, target: Tensor, margin
 
 
 def pairwise_distance(x1: Tensor, x2: Tensor, p: float = 2.0, eps: float = 1e-6, keepdim: bool = False) -> Tensor:
-    """The p-norm of x1 - x2 + eps over the last dim (torch.pairwise_distance); the triplet losses' default."""
-    out = _run("pairwise_distance", "none", x1, x2, p=float(p), eps=float(eps))
+    """The p-norm of x1 - x2 + eps over the last dim (torch.pairwise_distance); the triplet losses' default.
+    p = inf is the max-norm and p = 0 the count of nonzero entries, each a definition of its own: the p-norm's
+    sum(|d|^p)^(1/p) is 1 at p = inf and divides by zero at p = 0."""
+    name, params = _distance(p, eps)
+    out = _run(name, "none", x1, x2, **params)
     return out.unsqueeze(-1) if keepdim else out
+
+
+def _distance(p: float, eps: float) -> tuple[str, dict]:
+    """The stdlib definition of torch's p-norm distance for this p, with its parameters."""
+    p = float(p)
+    if p == math.inf:
+        return "pairwise_distance_max", {"eps": float(eps)}
+    if p == 0:
+        return "pairwise_distance_count", {"eps": float(eps)}
+    return "pairwise_distance", {"p": p, "eps": float(eps)}
 
 
 def _same_rank(anchor: Tensor, positive: Tensor, negative: Tensor) -> None:
@@ -374,8 +388,13 @@ def triplet_margin_loss(anchor: Tensor, positive: Tensor, negative: Tensor, marg
     except RuntimeError:
         raise InputError(f"triplet_margin_loss: anchor {tuple(anchor.shape)}, positive {tuple(positive.shape)} "
                          f"and negative {tuple(negative.shape)} do not broadcast together") from None
-    out = _run("triplet_margin_loss_swap" if swap else "triplet_margin_loss", reduction, anchor, positive, negative,
-               margin=float(margin), p=float(p), eps=float(eps))
+    name, params = _distance(p, eps)
+    if name == "pairwise_distance":
+        out = _run("triplet_margin_loss_swap" if swap else "triplet_margin_loss", reduction, anchor, positive,
+                   negative, margin=float(margin), **params)
+    else:  # the max-norm or the count: the triplet loss with that distance as its function
+        out = _run("triplet_margin_with_distance_loss_swap" if swap else "triplet_margin_with_distance_loss",
+                   reduction, anchor, positive, negative, module(name, "none", **params), margin=float(margin))
     return _batched(out, unbatched, reduction)
 
 

@@ -73,8 +73,8 @@ def _gradients(name: str, args: list[torch.Tensor], sizes: dict[str, int], mode:
     xs = [a.float().requires_grad_(True) if a.is_floating_point() else a for a in args]
     out = module(*xs)
     wrt = [x for x in xs if isinstance(x, torch.Tensor) and x.requires_grad]
-    if not out.requires_grad:
-        return []
+    if not out.requires_grad:  # piecewise constant (pairwise_distance_count's [d != 0]): zero gradients
+        return [torch.zeros_like(w) for w in wrt]
     grads = torch.autograd.grad(out.sum(), wrt, allow_unused=True)
     return [torch.zeros_like(w) if g is None else g for g, w in zip(grads, wrt, strict=True)]
 

@@ -771,16 +771,13 @@ def test_rejected_like_torch(case: str) -> None:
 # =====================================================================================================
 # Bugs: strict xfails, most harmful first. Each is a mismatch with torch that no document announces.
 # =====================================================================================================
-@pytest.mark.xfail(strict=True, reason="pairwise_distance with p=inf is sum(|d|^inf)^(1/inf) = 1 for every pair, so "
-                   "triplet_margin_loss(p=inf) is the constant `margin` with zero gradient (torch: the max-norm)")
 @pytest.mark.parametrize("swap", [False, True])
-def test_bug_triplet_margin_loss_p_inf_is_a_constant(swap: bool) -> None:
+def test_triplet_margin_loss_p_inf_is_the_max_norm(swap: bool) -> None:
     compare("triplet_margin_loss", [randn((4, 3), k) for k in range(3)], grad=(0, 1, 2), p=INF, swap=swap,
             dtypes=(F64,))
 
 
-@pytest.mark.xfail(strict=True, reason="pairwise_distance(p=inf) returns 1.0 for every row (torch: max |a - b + eps|)")
-def test_bug_pairwise_distance_p_inf() -> None:
+def test_pairwise_distance_p_inf() -> None:
     a, b = randn((4, 3), 0), randn((4, 3), 1)
     torch.testing.assert_close(LF.pairwise_distance(a, b, p=INF), torch.pairwise_distance(a, b, p=INF))
 
@@ -901,10 +898,8 @@ def test_bug_ctc_blank_inside_a_target() -> None:
     torch.testing.assert_close(out, TF.ctc_loss(lp, targets, [6], [3], reduction="none"))
 
 
-@pytest.mark.xfail(strict=True, reason="p=0 (torch: the count of nonzero differences) dies with a bare "
-                   "ZeroDivisionError from 1/p in the generated module; should match torch or raise a LossError")
 @pytest.mark.parametrize("name", ["triplet_margin_loss", "pairwise_distance"])
-def test_bug_p_zero_distance(name: str) -> None:
+def test_p_zero_distance_counts_nonzero_differences(name: str) -> None:
     a, b, c = randn((4, 3), 0), randn((4, 3), 1), randn((4, 3), 2)
     args = (a, b, c) if name == "triplet_margin_loss" else (a, b)
     try:
