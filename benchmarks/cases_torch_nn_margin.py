@@ -107,6 +107,14 @@ def pairwise_distance_builtin(a: Tensor, b: Tensor, p: float = 2.0, eps: float =
     return F.pairwise_distance(a, b, p=p, eps=eps).mean()
 
 
+def max_distance_textbook(a: Tensor, b: Tensor, eps: float = 1e-6) -> Tensor:
+    return (a - b + eps).abs().amax(dim=-1).mean()
+
+
+def max_distance_builtin(a: Tensor, b: Tensor, eps: float = 1e-6) -> Tensor:
+    return F.pairwise_distance(a, b, p=float("inf"), eps=eps).mean()
+
+
 def triplet_textbook(a: Tensor, pos: Tensor, neg: Tensor, margin: float = 1.0, p: float = 2.0,
                      eps: float = 1e-6) -> Tensor:
     d_pos, d_neg = distance_textbook(a, pos, p, eps), distance_textbook(a, neg, p, eps)
@@ -217,6 +225,8 @@ CASES: dict[str, Case] = {
     "cosine_embedding_loss": Case(embedding_pair_signs, cosine_embedding_textbook, F.cosine_embedding_loss),
     "pairwise_distance": Case(embedding_pair, pairwise_distance_textbook, pairwise_distance_builtin,
                               builtin_name="F.pairwise_distance().mean()"),
+    "pairwise_distance_max": Case(embedding_pair, max_distance_textbook, max_distance_builtin,
+                                  builtin_name="F.pairwise_distance(p=inf).mean()"),
     "triplet_margin_loss": Case(triplets, triplet_textbook, F.triplet_margin_loss),
     "triplet_margin_loss_swap": Case(triplets, triplet_swap_textbook, triplet_swap_builtin,
                                      builtin_name="F.triplet_margin_loss(swap=True)"),
