@@ -103,6 +103,10 @@ def _fits(a: Tensor, input: Tensor, what: str) -> None:
                          f"{tuple(input.shape)}")
 
 
+def _dtype(x) -> torch.dtype | None:
+    return x.dtype if isinstance(x, Tensor) else None
+
+
 def _batched(out: Tensor, unbatched: bool, reduction: str) -> Tensor:
     """Undo the batch of one added for an unbatched input (only visible with reduction='none')."""
     return out.squeeze(0) if unbatched and reduction == "none" else out
@@ -133,12 +137,16 @@ def mse_loss(input: Tensor, target: Tensor, size_average: bool | None = None, re
 
 def smooth_l1_loss(input: Tensor, target: Tensor, size_average: bool | None = None, reduce: bool | None = None,
                    reduction: str = "mean", beta: float = 1.0) -> Tensor:
-    """Smooth L1 (torch.nn.functional.smooth_l1_loss); beta = 0 is the L1 loss, as in torch."""
+    """Smooth L1 (torch.nn.functional.smooth_l1_loss); beta = 0 is the L1 loss, as in torch. So is a beta
+    below the compute dtype's smallest normal number (float32 for float32/16/bf16 inputs): rounded, it
+    divides by (almost) 0 in the square's branch, which only |e| < beta would take, where it differs from
+    |e| by less than beta; torch, which keeps beta in double, gives the L1 gradient sign(e) there too."""
     reduction = _reduction(reduction, size_average, reduce)
     _warn_size(input, target)
     if beta < 0:
         raise ParameterError(f"smooth_l1_loss does not support negative values for beta, got {beta}")
-    if beta == 0:
+    compute = torch.float64 if torch.float64 in (_dtype(input), _dtype(target)) else torch.float32
+    if beta < torch.finfo(compute).tiny:
         return _run("l1_loss", reduction, input, target)
     return _run("smooth_l1_loss", reduction, input, target, beta=float(beta))
 
