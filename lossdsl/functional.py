@@ -479,3 +479,8 @@ def _check_targets(targets: Tensor, target_lengths: Tensor, classes: int, blank:
     bad = inside & ((targets < 0) | (targets >= classes))
     if bool(bad.any()):
         raise InputError(f"ctc_loss: targets hold class {int(targets[bad][0])} outside [0, {classes})")
+    blanks = (inside & (targets == blank)).nonzero()
+    if len(blanks):  # torch documents it invalid, then computes something; a loss of another alignment
+        n, s = blanks[0].tolist()
+        raise InputError(f"ctc_loss: target {n} holds the blank ({blank}) at position {s}; targets may not "
+                         "contain the blank")
