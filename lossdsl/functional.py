@@ -103,6 +103,16 @@ def _fits(a: Tensor, input: Tensor, what: str) -> None:
                          f"{tuple(input.shape)}")
 
 
+def _labels(target: Tensor, *inputs: Tensor) -> Tensor:
+    """-1/+1 labels in the inputs' floating dtype: torch's margin losses return the input's dtype, not that of
+    a wider target (a float64 target to a float32 input gave float64). -1 and +1 are exact in every dtype."""
+    floats = [t.dtype for t in inputs if isinstance(t, Tensor) and t.is_floating_point()]
+    if not floats or not isinstance(target, Tensor) or not target.is_floating_point():
+        return target
+    dtype = functools.reduce(torch.promote_types, floats)
+    return target if target.dtype == dtype else target.to(dtype)
+
+
 def _dtype(x) -> torch.dtype | None:
     return x.dtype if isinstance(x, Tensor) else None
 
@@ -275,7 +285,7 @@ def soft_margin_loss(input: Tensor, target: Tensor, size_average: bool | None = 
     """Two-class logistic loss (torch.nn.functional.soft_margin_loss)."""
     reduction = _reduction(reduction, size_average, reduce)
     _fits(target, input, "soft_margin_loss: target")
-    return _run("soft_margin_loss", reduction, input, target)
+    return _run("soft_margin_loss", reduction, input, _labels(target, input))
 
 
 def multilabel_soft_margin_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
@@ -322,7 +332,7 @@ def hinge_embedding_loss(input: Tensor, target: Tensor, margin: float = 1.0, siz
                          reduce: bool | None = None, reduction: str = "mean") -> Tensor:
     """Hinge embedding loss (torch.nn.functional.hinge_embedding_loss)."""
     reduction = _reduction(reduction, size_average, reduce)
-    return _run("hinge_embedding_loss", reduction, input, target, margin=float(margin))
+    return _run("hinge_embedding_loss", reduction, input, _labels(target, input), margin=float(margin))
 
 
 def margin_ranking_loss(input1: Tensor, input2: Tensor, target: Tensor, margin: float = 0,
@@ -350,7 +360,8 @@ def cosine_embedding_loss(input1: Tensor, input2: Tensor, target: Tensor, margin
     unbatched = target.dim() == 0
     if unbatched:
         input1, input2, target = input1.unsqueeze(0), input2.unsqueeze(0), target.unsqueeze(0)
-    out = _run("cosine_embedding_loss", reduction, input1, input2, target, margin=float(margin))
+    out = _run("cosine_embedding_loss", reduction, input1, input2, _labels(target, input1, input2),
+               margin=float(margin))
     return _batched(out, unbatched, reduction)
 
 

@@ -905,15 +905,12 @@ def test_p_zero_distance_counts_nonzero_differences(name: str) -> None:
     torch.testing.assert_close(out, getattr(TF, name)(*args, p=0.0))
 
 
-@pytest.mark.xfail(strict=True, reason="the result dtype follows a wider target: torch's hinge_embedding_loss, "
-                   "soft_margin_loss and cosine_embedding_loss return the input's dtype (float32 here), lossdsl "
-                   "float64")
 @pytest.mark.parametrize("call", [
     lambda f: f.hinge_embedding_loss(randn((3,), 0).float(), signs((3,), 1)),
     lambda f: f.soft_margin_loss(randn((3,), 0).float(), signs((3,), 1)),
     lambda f: f.cosine_embedding_loss(randn((2, 3), 0).float(), randn((2, 3), 1).float(), signs((2,), 2)),
 ], ids=["hinge_embedding", "soft_margin", "cosine_embedding"])
-def test_bug_result_dtype_follows_the_target(call: Callable) -> None:
+def test_result_dtype_is_the_inputs_not_a_wider_targets(call: Callable) -> None:
     same_as_torch(call, rtol=1e-6, atol=1e-6)
 
 
