@@ -64,6 +64,12 @@ def multilabel(n: int, dev: torch.device, dt: torch.dtype) -> tuple[Tensor, ...]
     return x, (torch.rand(x.shape, device=dev) > 0.5).to(dt)
 
 
+def multilabel_weighted(n: int, dev: torch.device, dt: torch.dtype) -> tuple[Tensor, ...]:
+    """multilabel's logits and labels, with a weight per element."""
+    x, y = multilabel(n, dev, dt)
+    return x, y, torch.rand(x.shape, device=dev, dtype=dt)
+
+
 # ---- textbook versions
 def huber_weighted_textbook(x: Tensor, y: Tensor, w: Tensor, delta: float = 1.0) -> Tensor:
     e = (x - y).abs()
@@ -103,6 +109,11 @@ def multilabel_soft_margin_textbook(x: Tensor, y: Tensor) -> Tensor:
     return -(y * torch.log(p) + (1 - y) * torch.log(1 - p)).mean(dim=1).mean()
 
 
+def multilabel_soft_margin_weighted_textbook(x: Tensor, y: Tensor, w: Tensor) -> Tensor:
+    p = torch.sigmoid(x)
+    return -(w * (y * torch.log(p) + (1 - y) * torch.log(1 - p))).mean(dim=1).mean()
+
+
 # ---- built-ins, wrapped where the signature differs
 def kl_div_log_target_builtin(x: Tensor, t: Tensor) -> Tensor:
     """F.kl_div's default 'mean' (the stdlib's too), without the warning it prints on every call."""
@@ -140,4 +151,8 @@ CASES: dict[str, Case] = {
         builtin_name="F.poisson_nll_loss(log_input=False, full)"),
     "gaussian_nll_loss": Case(mean_target_var, gaussian_nll_textbook, F.gaussian_nll_loss),
     "multilabel_soft_margin_loss": Case(multilabel, multilabel_soft_margin_textbook, F.multilabel_soft_margin_loss),
+    "multilabel_soft_margin_loss_weighted": Case(
+        multilabel_weighted, multilabel_soft_margin_weighted_textbook,
+        lambda x, y, w: F.multilabel_soft_margin_loss(x, y, weight=w),
+        builtin_name="F.multilabel_soft_margin_loss(weight)"),
 }

@@ -113,6 +113,15 @@ def _labels(target: Tensor, *inputs: Tensor) -> Tensor:
     return target if target.dtype == dtype else target.to(dtype)
 
 
+def _broadcast(what: str, *tensors: Tensor) -> list[Tensor]:
+    """torch.broadcast_tensors, as torch's distance losses broadcast their embeddings ((4, 3) with (1, 3))."""
+    try:
+        return list(torch.broadcast_tensors(*tensors))
+    except RuntimeError:
+        shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
+        raise InputError(f"{what}: inputs of shapes {shapes} do not broadcast together") from None
+
+
 def _dtype(x) -> torch.dtype | None:
     return x.dtype if isinstance(x, Tensor) else None
 
@@ -244,6 +253,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, s
                                   f"{tuple(input.shape)}, got {tuple(target.shape)}")
         return _run("cross_entropy_probs", reduction, _classes_last(input, "cross_entropy"), _classes_last(target),
                     weight=weight, label_smoothing=float(label_smoothing))
+    target = _one_index(input, target)
     if label_smoothing == 0:
         return _run("cross_entropy", reduction, _classes_last(input, "cross_entropy"), target, weight=weight,
                     ignore_index=int(ignore_index))
@@ -255,8 +265,13 @@ def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None, size_a
              ignore_index: int = -100, reduce: bool | None = None, reduction: str = "mean") -> Tensor:
     """Negative log likelihood of class indices (torch.nn.functional.nll_loss), any number of trailing dims."""
     reduction = _reduction(reduction, size_average, reduce)
-    return _run("nll_loss", reduction, _classes_last(input, "nll_loss"), target, weight=weight,
+    return _run("nll_loss", reduction, _classes_last(input, "nll_loss"), _one_index(input, target), weight=weight,
                 ignore_index=int(ignore_index))
+
+
+def _one_index(input: Tensor, target: Tensor) -> Tensor:
+    """An unbatched (C,) input's class index given as a (1,) tensor, which torch takes as the 0-d index."""
+    return target.reshape(()) if input.dim() == 1 and target.dim() == 1 and target.numel() == 1 else target
 
 
 def _classes_last(t: Tensor, name: str = "") -> Tensor:
@@ -295,6 +310,9 @@ def multilabel_soft_margin_loss(input: Tensor, target: Tensor, weight: Tensor | 
     reduction = _reduction(reduction, size_average, reduce)
     _same_size(target, input, f"multilabel_soft_margin_loss: target size {tuple(target.shape)} must match "
                               f"input size {tuple(input.shape)}")
+    if weight is not None and weight.dim() > 1:  # per sample or per element: an input of the weighted form
+        _fits(weight, input, "multilabel_soft_margin_loss: weight")
+        return _run("multilabel_soft_margin_loss_weighted", reduction, input, target, weight.expand(input.shape))
     return _run("multilabel_soft_margin_loss", reduction, input, target, weight=weight)
 
 
@@ -305,6 +323,8 @@ def multilabel_margin_loss(input: Tensor, target: Tensor, size_average: bool | N
     if input.dim() > 2 or target.size() != input.size():
         raise InputError(f"multilabel_margin_loss: expected input of 1 or 2 dims and a target of the same shape, "
                          f"got input {tuple(input.shape)} and target {tuple(target.shape)}")
+    if input.dim() == 0:  # one class, as torch reads it
+        return _run("multilabel_margin_loss", reduction, input.reshape(1), target.reshape(1)).reshape(())
     return _run("multilabel_margin_loss", reduction, input, target)
 
 
@@ -320,8 +340,8 @@ def multi_margin_loss(input: Tensor, target: Tensor, p: int = 1, margin: float =
     if input.dim() > 2 or target.dim() > 1:
         raise InputError(f"multi_margin_loss: expected input of 1 or 2 dims and target of 0 or 1, got input "
                          f"{tuple(input.shape)} and target {tuple(target.shape)}")
-    unbatched = input.dim() < 2
-    if unbatched:
+    unbatched = input.dim() < 2 and target.dim() == 0  # a (C,) input with a (1,) target: torch's output is (1,)
+    if input.dim() < 2:
         input, target = input.reshape(1, -1), target.reshape(1)
     out = _run("multi_margin_loss", reduction, input, target, p=int(p), margin=float(margin), weight=weight)
     return _batched(out, unbatched, reduction)
@@ -360,6 +380,7 @@ def cosine_embedding_loss(input1: Tensor, input2: Tensor, target: Tensor, margin
     unbatched = target.dim() == 0
     if unbatched:
         input1, input2, target = input1.unsqueeze(0), input2.unsqueeze(0), target.unsqueeze(0)
+    input1, input2 = _broadcast("cosine_embedding_loss", input1, input2)
     out = _run("cosine_embedding_loss", reduction, input1, input2, _labels(target, input1, input2),
                margin=float(margin))
     return _batched(out, unbatched, reduction)
@@ -370,7 +391,7 @@ def pairwise_distance(x1: Tensor, x2: Tensor, p: float = 2.0, eps: float = 1e-6,
     p = inf is the max-norm and p = 0 the count of nonzero entries, each a definition of its own: the p-norm's
     sum(|d|^p)^(1/p) is 1 at p = inf and divides by zero at p = 0."""
     name, params = _distance(p, eps)
-    out = _run(name, "none", x1, x2, **params)
+    out = _run(name, "none", *_broadcast("pairwise_distance", x1, x2), **params)
     return out.unsqueeze(-1) if keepdim else out
 
 
@@ -397,16 +418,11 @@ def triplet_margin_loss(anchor: Tensor, positive: Tensor, negative: Tensor, marg
     """Triplet margin loss with the p-norm distance (torch.nn.functional.triplet_margin_loss)."""
     reduction = _reduction(reduction, size_average, reduce)
     _same_rank(anchor, positive, negative)
-    if anchor.dim() not in (1, 2):
-        raise InputError(f"triplet_margin_loss: expected 1D (unbatched) or 2D (batched) inputs, got "
-                         f"{anchor.dim()}D")
-    unbatched = anchor.dim() == 1
-    try:
-        anchor, positive, negative = torch.broadcast_tensors(*(t.reshape(-1, t.shape[-1]) if unbatched else t
-                                                               for t in (anchor, positive, negative)))
-    except RuntimeError:
-        raise InputError(f"triplet_margin_loss: anchor {tuple(anchor.shape)}, positive {tuple(positive.shape)} "
-                         f"and negative {tuple(negative.shape)} do not broadcast together") from None
+    if anchor.dim() == 0:
+        raise InputError("triplet_margin_loss: expected inputs of at least 1 dim (the embedding), got 0-d ones")
+    anchor, positive, negative = _broadcast("triplet_margin_loss", anchor, positive, negative)
+    lead = anchor.shape[:-1]  # (N,) batched, () unbatched, more for torch's (B, N, D): one batch of rows here
+    anchor, positive, negative = (t.reshape(-1, t.shape[-1]) for t in (anchor, positive, negative))
     name, params = _distance(p, eps)
     if name == "pairwise_distance":
         out = _run("triplet_margin_loss_swap" if swap else "triplet_margin_loss", reduction, anchor, positive,
@@ -414,7 +430,7 @@ def triplet_margin_loss(anchor: Tensor, positive: Tensor, negative: Tensor, marg
     else:  # the max-norm or the count: the triplet loss with that distance as its function
         out = _run("triplet_margin_with_distance_loss_swap" if swap else "triplet_margin_with_distance_loss",
                    reduction, anchor, positive, negative, module(name, "none", **params), margin=float(margin))
-    return _batched(out, unbatched, reduction)
+    return out.reshape(lead) if reduction == "none" else out
 
 
 def triplet_margin_with_distance_loss(anchor: Tensor, positive: Tensor, negative: Tensor, *,
@@ -425,9 +441,21 @@ def triplet_margin_with_distance_loss(anchor: Tensor, positive: Tensor, negative
     if margin <= 0:
         raise ParameterError(f"margin must be greater than 0, got {margin}")
     _same_rank(anchor, positive, negative)
-    distance = pairwise_distance if distance_function is None else distance_function
+    anchor, positive, negative = _broadcast("triplet_margin_with_distance_loss", anchor, positive, negative)
+    given = pairwise_distance if distance_function is None else distance_function
+    kept: list[bool] = []
+
+    def distance(a: Tensor, b: Tensor) -> Tensor:
+        """The given distance; one that keeps the embedding dim (keepdim=True) gives torch's (N, 1) output."""
+        d = given(a, b)
+        if d.dim() == a.dim() and d.shape[-1] == 1:
+            kept.append(True)
+            return d.squeeze(-1)
+        return d
+
     name = "triplet_margin_with_distance_loss" + ("_swap" if swap else "")
-    return _run(name, reduction, anchor, positive, negative, distance, margin=float(margin))
+    out = _run(name, reduction, anchor, positive, negative, distance, margin=float(margin))
+    return out.unsqueeze(-1) if kept and reduction == "none" else out
 
 
 # ---- sequences
