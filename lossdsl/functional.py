@@ -417,6 +417,8 @@ def triplet_margin_loss(anchor: Tensor, positive: Tensor, negative: Tensor, marg
                         reduce: bool | None = None, reduction: str = "mean") -> Tensor:
     """Triplet margin loss with the p-norm distance (torch.nn.functional.triplet_margin_loss)."""
     reduction = _reduction(reduction, size_average, reduce)
+    if margin <= 0:
+        raise ParameterError(f"margin must be greater than 0, got {margin}")
     _same_rank(anchor, positive, negative)
     if anchor.dim() == 0:
         raise InputError("triplet_margin_loss: expected inputs of at least 1 dim (the embedding), got 0-d ones")
