@@ -317,9 +317,15 @@ def _clean(e: sp.Expr) -> sp.Expr:
 
     SymPy's d max(a, b)/da is Heaviside(a - b) (1/2 at 0, which the emitter would not honour): spelled
     (1 + sign(a - b))/2, which is. relu's own derivative is Heaviside(x, 0), kept."""
-    e = e.replace(lambda x: isinstance(x, sp.DiracDelta), lambda x: sp.Integer(0))
+    e = e.replace(lambda x: isinstance(x, sp.DiracDelta) or _step_derivative(x), lambda x: sp.Integer(0))
     return e.replace(lambda x: isinstance(x, sp.Heaviside) and x.args[1:] in ((), (sp.S.Half,)),
                      lambda x: (1 + sp.sign(x.args[0])) / 2)
+
+
+def _step_derivative(e: sp.Basic) -> bool:
+    """d sign(u)/dx that SymPy leaves unevaluated (it evaluates it only where it can prove u real: not for
+    sign(|v|), whose RealAbs it cannot), which no rule emits: 0, as a step's derivative is everywhere else."""
+    return isinstance(e, sp.Derivative) and isinstance(e.expr, (sp.sign, sp.Heaviside))
 
 
 # ---- reverse rules, one per atom type: (deriver, atom, adjoint of atom) -> pushes to the body

@@ -10,8 +10,9 @@ What it gives up is what Dynamo does per call, so it is taken only where that ca
 - guards: each entry is keyed by everything the trace read (the inputs' and buffers' shapes, strides,
   dtypes and devices, the module's reduction, validate flag and int/bool parameters, the loss it is
   retargeted to, and the gradients wanted); a call that matches no entry compiles one;
-- dynamic shapes: after `limit` entries (2 by default, the shape of the batches and of the last one) the
-  call goes to the torch.compile'd function instead, whose dynamic shapes take over;
+- dynamic shapes: entries are made for at most `limit` distinct input shapes (2 by default: the batches'
+  and the last one's, each with and without gradients, in training and in evaluation); a call with a further
+  shape goes to the torch.compile'd function instead, whose dynamic shapes take over;
 - data-dependent control flow: the trace runs on fake tensors, so a branch on a tensor's value, or a
   tensor that is neither an input nor a buffer, fails the trace (the module then always uses the
   fallback) rather than being written into the graph as a constant.
@@ -34,7 +35,7 @@ class DirectRun:
 
     def __init__(self, fn: Callable, fallback: Callable, options: dict, limit: int = 2) -> None:
         self.fn, self.fallback, self.options, self.limit = fn, fallback, options, limit
-        self.table: dict[tuple, tuple[Callable, bool]] = {}
+        self.table: dict[tuple, tuple[Callable, bool, tuple]] = {}  # key -> (kernel, flagged, input shapes)
         self.broken = False  # a trace failed: this module's graph is not traceable without Dynamo
 
     def __call__(self, module: torch.nn.Module, want: tuple[str, ...], *inputs):
@@ -42,25 +43,27 @@ class DirectRun:
         key = None if self.broken else _key(module, want, inputs, buffers)
         entry = self.table.get(key) if key is not None else None
         if entry is None:
-            if key is None or len(self._current(key[0])) >= self.limit:
+            if key is None or not self._room(key[0], tuple(t.shape for t in inputs)):
                 return self.fallback(module, want, *inputs)
             entry = self._compile(module, want, inputs, buffers)
             if entry is None:
                 return self.fallback(module, want, *inputs)
             self.table[key] = entry
-        run, flagged = entry
+        run, flagged, _ = entry
         return _unflattened(run(*inputs, *buffers.values()), flagged)
 
-    def _current(self, loss_key: int) -> dict[tuple, tuple[Callable, bool]]:
-        """The table without entries of another loss: compiled mode's Specializer retargets the module to a
-        loss with new parameter values written in, after which the old entries are never hit again."""
+    def _room(self, loss_key: int, shapes: tuple) -> bool:
+        """Whether an entry for these input shapes may be made. Entries of another loss are dropped first:
+        compiled mode's Specializer retargets the module to a loss with new parameter values written in,
+        after which the old entries are never hit again."""
         self.table = {k: v for k, v in self.table.items() if k[0] == loss_key}
-        return self.table
+        seen = {entry[2] for entry in self.table.values()}
+        return shapes in seen or len(seen) < self.limit
 
     def _compile(self, module: torch.nn.Module, want: tuple[str, ...], inputs: tuple,
-                 buffers: dict[str, torch.Tensor]) -> tuple[Callable, bool] | None:
+                 buffers: dict[str, torch.Tensor]) -> tuple[Callable, bool, tuple] | None:
         """Traces and compiles; None (and the fallback from now on) when the trace fails. The entry's bool
-        says whether the loss comes with a range checks' flag."""
+        says whether the loss comes with a range checks' flag; the shapes are the inputs'."""
         names, n = list(buffers), len(inputs)
         flagged: list[bool] = []
 
@@ -77,7 +80,8 @@ class DirectRun:
         except Exception:  # any failure to trace means: let Dynamo handle this module
             self.broken = True
             return None
-        return torch._inductor.compile(graph, example, options=self.options), flagged[-1]
+        run = torch._inductor.compile(graph, example, options=self.options)
+        return run, flagged[-1], tuple(t.shape for t in inputs)
 
 
 def _unflattened(outputs: list, flagged: bool) -> tuple:

@@ -79,7 +79,9 @@ def assert_matches_autograd(loss: lossdsl.Loss, reduction: str | None = None, se
     call = [leaves.get(i.name, a) for i, a in zip(loss.inputs, args, strict=True)]
     params_now = {n: t for n, t in leaves.items() if n not in drawn}
     value = torch.func.functional_call(module, params_now, tuple(call)).sum()
-    auto = torch.autograd.grad(value, list(leaves.values()), allow_unused=True)
+    # no differentiable path at all (pairwise_distance_count's [d != 0]): autograd's gradient is None, i.e. 0
+    auto = (torch.autograd.grad(value, list(leaves.values()), allow_unused=True) if value.requires_grad
+            else [None] * len(leaves))
     for n, a in zip(names, auto, strict=True):
         sym = symbolic(loss, n, module, args, reduction)
         ref = torch.zeros_like(leaves[n]) if a is None else a
@@ -330,3 +332,14 @@ def test_merge_sums_joins_elementwise_sums_and_leaves_matmul_shaped_ones_apart()
     assert len(_sibling_sums([multilabel])) == 2 and not _sibling_sums([merged])
     info = lossdsl.stdlib.get("info_nce").grad("q").expr
     assert _sibling_sums(list(info.atoms(sp.Add))) and gradient.merge_sums(info) == info
+
+
+def test_a_step_of_a_magnitude_has_derivative_zero() -> None:
+    """sign(|u|) is 1 where u != 0: SymPy leaves d sign(|u|)/du unevaluated (it cannot prove |u| real), which
+    fused mode could not emit (an internal KindError); it is 0, as autograd's."""
+    loss = lossdsl.parse("loss nonzero(a[n, d], b[n, d]):\n    sum_d(sign(|a - b|))")
+    assert str(loss.grad("a")).endswith("= 0")
+    assert_matches_autograd(loss)
+    a, b = torch.randn(2, 3, dtype=torch.float64, requires_grad=True), torch.randn(2, 3, dtype=torch.float64)
+    fused = loss.compile(mode="fused", reduction="sum")
+    assert float(fused(a, b)) == 6.0

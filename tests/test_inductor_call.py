@@ -69,22 +69,26 @@ def test_int_parameter_and_reduction_changes_make_new_entries() -> None:
     _check(module, x, y, ignore_index=1)
     module.reduction = "sum"
     _check(module, x, y, ignore_index=1, reduction="sum")
-    assert len(module._lossdsl_run.table) == 2  # the third key found the table full: the torch.compile'd fallback
     module.ignore_index = -100
     _check(module, x, y, reduction="sum")
+    assert len(module._lossdsl_run.table) == 4  # one input shape, four keys
 
 
 @pytest.mark.slow
 def test_new_shapes_past_the_limit_go_to_torch_compile() -> None:
-    """The shape of the batches and of the last one get entries; more shapes are dynamic shapes' business."""
+    """The shape of the batches and of the last one get entries, in training and in evaluation (no gradient
+    wanted: another key, the same shapes); more shapes are dynamic shapes' business."""
     module = _nll()
     calls = []
     fallback = module._lossdsl_run.fallback
     module._lossdsl_run.fallback = lambda *a: calls.append(a[2].shape) or fallback(*a)
     for n in (32, 7, 32, 11, 13, 7):
         _check(module, *_inputs(n))
-    assert len(module._lossdsl_run.table) == 2
-    assert calls == [torch.Size([11, 5]), torch.Size([13, 5])]
+        with torch.no_grad():
+            x, y = _inputs(n)
+            torch.testing.assert_close(module(x, y), F.nll_loss(x, y))
+    assert len(module._lossdsl_run.table) == 4
+    assert calls == [torch.Size([11, 5])] * 2 + [torch.Size([13, 5])] * 2
 
 
 @pytest.mark.slow
