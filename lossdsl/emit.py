@@ -823,13 +823,14 @@ class Emitter(MaskLowering):
             raise KindError("grad(e, x) differentiates with respect to an input or intermediate tensor")
         mode = f"_grad_mode_{wrt.code}"  # under no_grad (a validation pass) the penalty is still computed:
         self.lines.append(f"{mode} = torch.is_grad_enabled()")  # grad mode on for it, no graph kept after
-        self.lines.append("torch.set_grad_enabled(True)")
+        start = len(self.lines)
         self.lines.append(f"if not {wrt.code}.requires_grad:")
         self.lines.append(f"    {wrt.code} = {wrt.code}.detach().requires_grad_(True)")
         out = self.emit(e.args[0])
         total = out.code if not out.is_tensor else f"{out.code}.sum()"
         g = self.tmp(f"torch.autograd.grad({total}, {wrt.code}, create_graph={mode})[0]", wrt.labels, wrt.ell)
-        self.lines.append(f"torch.set_grad_enabled({mode})")
+        # a block, so that an error inside (the critic's) leaves grad mode as it found it
+        self.lines[start:] = ["with torch.enable_grad():", *(f"    {line}" for line in self.lines[start:])]
         return g
 
 

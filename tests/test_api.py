@@ -473,6 +473,17 @@ def test_review_gradient_penalty_loss_evaluates_under_no_grad() -> None:
         assert_close(gp(critic, real, fake, u), expected)
 
 
+def test_gradient_penalty_restores_grad_mode_when_the_critic_raises() -> None:
+    def critic(x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("critic failed")
+
+    real, fake, u = torch.randn(5, 3, dtype=D), torch.randn(5, 3, dtype=D), torch.rand(5, dtype=D)
+    with torch.no_grad():
+        with pytest.raises(RuntimeError, match="critic failed"):
+            lossdsl.stdlib.wgan_gp_d_loss()(critic, real, fake, u)
+        assert not torch.is_grad_enabled()
+
+
 def test_review_stdlib_ctc_loss_checks_its_lengths() -> None:
     lp, targets = torch.randn(5, 2, 4, dtype=D).log_softmax(2), torch.randint(1, 4, (2, 3))
     ctc = lossdsl.stdlib.ctc_loss()
