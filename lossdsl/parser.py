@@ -11,7 +11,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from . import syntax as s
 from .cache import lark_path
-from .errors import LossSyntaxError, Span
+from .errors import LossSyntaxError, ScopeError, Span
 
 GREEK = {"α": "alpha", "β": "beta", "γ": "gamma", "δ": "delta", "ε": "epsilon", "λ": "lambda",
          "μ": "mu", "σ": "sigma", "τ": "tau"}
@@ -265,9 +265,22 @@ def parse_text(text: str) -> list[s.LossDef]:
     """Parse a `.loss` file (or a bare formula) into loss definitions."""
     source = text if text.endswith("\n") else text + "\n"
     is_file = any(line.lstrip().startswith("loss ") for line in source.splitlines())
+    if not is_file and not any(line.split("#", 1)[0].strip() for line in source.splitlines()):
+        raise LossSyntaxError("the text is empty: no formula and no `loss` definition", Span(1, 1, 1, 1), source)
     try:
         tree = _lark().parse(source, start="file" if is_file else "formula")
     except UnexpectedInput as err:
         raise _syntax_error(err, source) from None
     result = _ToAst(source).transform(tree)
-    return result if is_file else [result]
+    return _unique(result) if is_file else [result]
+
+
+def _unique(defs: list[s.LossDef]) -> list[s.LossDef]:
+    """A file defines each loss once: a second definition of a name silently replaced the first."""
+    first: dict[str, s.LossDef] = {}
+    for d in defs:
+        if d.name in first:
+            raise ScopeError(f"loss '{d.name}' is defined twice (first at line {first[d.name].span.line})",
+                             d.span, d.source)
+        first[d.name] = d
+    return defs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+import lossdsl
 from lossdsl import LossSyntaxError
 from lossdsl import syntax as s
 from lossdsl.parser import parse_text
@@ -86,3 +87,18 @@ def test_syntax_errors_have_position_and_caret(text: str, line: int, col: int) -
         parse_text(text)
     assert (info.value.line, info.value.column) == (line, col)
     assert "^" in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["", "   \n", "# only a comment\n"])
+def test_an_empty_text_says_so(text: str) -> None:
+    """Not lark's 'unexpected end of input (an unclosed bracket ...?)', which points at nothing wrong."""
+    with pytest.raises(LossSyntaxError, match="the text is empty"):
+        lossdsl.compile(text)
+
+
+def test_a_loss_defined_twice_in_a_file_is_an_error() -> None:
+    """The second definition silently replaced the first."""
+    text = "loss a(x):\n    x^2\n\nloss b(x):\n    x\n\nloss a(x):\n    x^3\n"
+    with pytest.raises(lossdsl.ScopeError, match=r"loss 'a' is defined twice \(first at line 1\)") as info:
+        lossdsl.load(text)
+    assert info.value.line == 7
