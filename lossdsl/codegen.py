@@ -551,6 +551,8 @@ class SourceBuilder:
             w("    except (TypeError, ValueError, RuntimeError) as err:")
             w(f"        raise self.error(f\"input '{i.name}' is not a tensor and cannot become one: {{err}}\") "
               "from None")
+            w(f"if {n}.is_complex():  # casting to a real dtype would drop the imaginary part")
+            w(f"    raise self.error(f\"input '{i.name}' is complex ({{{n}.dtype}}); losses take real tensors\")")
         real = [self.py[i.name] for i in tensor_inputs if not i.is_integral]
         w(f"_odt = _float_dtype({', '.join(real)})" if real else "_odt = torch.get_default_dtype()")
         w("_dt = _compute_dtype(_odt)  # the dtype computed in; the result is returned in _odt")

@@ -131,3 +131,11 @@ def test_a_parameter_of_a_stdlib_variant_names_the_variant() -> None:
         lossdsl.stdlib.cross_entropy(label_smoothing=0.1)
     with pytest.raises(lossdsl.UnknownNameError, match="did you mean 'weight'"):
         lossdsl.stdlib.cross_entropy(wieght=1.0)
+
+
+@pytest.mark.parametrize("mode", ["eager", "fused"])
+def test_a_complex_input_is_refused_not_cast(mode: str) -> None:
+    """Cast to the compute dtype, its imaginary part was dropped with only torch's UserWarning."""
+    module = lossdsl.stdlib.get("mse_loss").compile(mode=mode)
+    with pytest.raises(lossdsl.InputError, match=r"input 'target' is complex \(torch.complex128\)"):
+        module(torch.randn(3), torch.randn(3, dtype=torch.complex128))
