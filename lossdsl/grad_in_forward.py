@@ -78,11 +78,12 @@ class _InForward(fused._Fused):
     def apply(cls, module: torch.nn.Module, *args):
         """Under torch.no_grad() the loss alone, without a graph: Function.forward cannot tell (its
         ctx.needs_input_grad follows requires_grad only). A reduction set to "none" after building gives
-        no scalar to seed the gradient with: fused mode's Function then runs, uncompiled. Outside functorch
+        no scalar to seed the gradient with: fused mode's Function then runs, uncompiled; so it does inside
+        a torch.compile of the caller's (a training step compiled whole), which traces it. Outside functorch
         transforms it calls the C++ Function.apply: torch's Python one around it binds default arguments
         (for a Function with setup_context, which this is not) and unwraps functorch's dead wrappers, ~2 us
         of a 60 us step."""
-        if not applies(fused._LOSSES[module._lossdsl_key], module.reduction):
+        if not applies(fused._LOSSES[module._lossdsl_key], module.reduction) or torch.compiler.is_compiling():
             return fused._Fused.apply(module, *args)
         if not torch.is_grad_enabled():
             return _run(module, (), args[:len(module.input_names)])[0]

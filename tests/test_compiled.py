@@ -570,3 +570,27 @@ def test_batched_dots_compile_to_the_eager_values(name: str) -> None:
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
     for got, want in zip(torch.autograd.grad(out, leaves), torch.autograd.grad(ref, leaves), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backward", ["autograd", "symbolic", "in_forward", "auto"])
+def test_a_compiled_loss_inside_the_callers_torch_compile(backward: str) -> None:
+    """A training step compiled whole traces the loss module: in_forward's Function (which branches on
+    grad_out and calls kernels Dynamo cannot trace) gives way to fused mode's there. It raised an internal
+    Dynamo error before."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    module = lossdsl.stdlib.nll_loss(mode="compiled", backward=backward)
+    x = torch.randn(8, 5).log_softmax(1).requires_grad_(True)
+    y = torch.randint(0, 5, (8,))
+
+    @torch.compile
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return module(x * 1.0, y) * 2
+
+    for _ in range(2):
+        out = step(x, y)
+        torch.testing.assert_close(out, 2 * F.nll_loss(x, y))
+        torch.testing.assert_close(torch.autograd.grad(out, x)[0],
+                                   torch.autograd.grad(2 * F.nll_loss(x, y), x)[0])
