@@ -241,6 +241,13 @@ def _broadcast_shapes(*shapes):
     return torch.broadcast_shapes(*shapes)
 
 
+def _as_dtype(x, dtype):
+    """A floating tensor in dtype, anything else as it is: what a user's fn input is handed (in the inputs'
+    own dtype: a bfloat16 critic cannot multiply the float32 that bfloat16 inputs are computed in) and what
+    it returns (back in the compute dtype)."""
+    return x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+
+
 def _param_shape(module, name, value, shape):
     """A parameter given as a tensor broadcasts to the inputs' shape without enlarging it, as torch's weights
     must: a bigger one would give the loss more elements (another mean, a bigger 'none' output)."""

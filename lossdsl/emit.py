@@ -770,8 +770,10 @@ class Emitter(MaskLowering):
         f, args, labels = e.args
         vals = [self.user_layout(self.emit(a)) for a in args]
         fn = self.callee(str(f))
-        out = self.tmp(f"{fn}({', '.join(vals)})", tuple(str(x) for x in labels),
-                       ell=not labels)
+        call = f"{fn}({', '.join(vals)})"
+        if str(f) in self.names:  # a user's module: handed the inputs' dtype, its result computed in ours
+            call = f"_as_dtype({fn}({', '.join(f'_as_dtype({v}, _odt)' for v in vals)}), _dt)"
+        out = self.tmp(call, tuple(str(x) for x in labels), ell=not labels)
         if any(str(x).startswith("*") for x in labels):
             return self.grouped_result(out, fn)
         if labels:

@@ -66,3 +66,19 @@ def test_autocast_outputs_of_a_model_feed_the_loss():
     assert torch.isfinite(layer.weight.grad).all()
     want = torch.nn.functional.cross_entropy(logits.float(), torch.arange(8) % 5)
     torch.testing.assert_close(out, want.to(torch.bfloat16), rtol=0, atol=0)
+
+
+def test_a_bfloat16_critic_gets_bfloat16_inputs() -> None:
+    """bfloat16 inputs are computed in float32; a user's module (an `fn` input) is handed them in their own
+    dtype and its result is computed on in float32. It got float32: 'mat1 and mat2 must have the same dtype'."""
+    torch.manual_seed(0)
+    critic = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).to(torch.bfloat16)
+    real, u = torch.randn(5, 3).bfloat16(), torch.rand(5).bfloat16()
+    fake = torch.randn(5, 3).bfloat16().requires_grad_(True)
+    gp = lossdsl.stdlib.wgan_gp_d_loss()
+    out = gp(critic, real, fake, u)
+    assert out.dtype == torch.bfloat16 and torch.autograd.grad(out, fake)[0].dtype == torch.bfloat16
+    wide = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).double()
+    wide.load_state_dict({k: v.double() for k, v in critic.state_dict().items()})
+    ref = gp(wide, real.double(), fake.detach().double(), u.double())
+    torch.testing.assert_close(out.double(), ref, rtol=2e-2, atol=1e-2)
