@@ -242,10 +242,20 @@ def _broadcast_shapes(*shapes):
 
 
 def _as_dtype(x, dtype):
-    """A floating tensor in dtype, anything else as it is: what a user's fn input is handed (in the inputs'
-    own dtype: a bfloat16 critic cannot multiply the float32 that bfloat16 inputs are computed in) and what
-    it returns (back in the compute dtype)."""
+    """A floating tensor in dtype, anything else as it is: what a user's fn input is handed (see _fn_dtype)
+    and what it returns (back in the compute dtype)."""
     return x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+
+
+def _fn_dtype(fn, dtype):
+    """The dtype a user's fn input computes in: a module's first floating parameter's, else the inputs' own
+    (dtype). Not the compute dtype: bfloat16 inputs are computed in float32, which a bfloat16 critic cannot
+    multiply, while a float32 critic takes float32 whatever the inputs were."""
+    if isinstance(fn, torch.nn.Module):
+        for p in fn.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    return dtype
 
 
 def _param_shape(module, name, value, shape):

@@ -771,8 +771,9 @@ class Emitter(MaskLowering):
         vals = [self.user_layout(self.emit(a)) for a in args]
         fn = self.callee(str(f))
         call = f"{fn}({', '.join(vals)})"
-        if str(f) in self.names:  # a user's module: handed the inputs' dtype, its result computed in ours
-            call = f"_as_dtype({fn}({', '.join(f'_as_dtype({v}, _odt)' for v in vals)}), _dt)"
+        if str(f) in self.names:  # a user's module: handed its own dtype (codegen._fn_dtype), result in ours
+            given = self.tmp(f"_fn_dtype({fn}, _odt)", ()).code
+            call = f"_as_dtype({fn}({', '.join(f'_as_dtype({v}, {given})' for v in vals)}), _dt)"
         out = self.tmp(call, tuple(str(x) for x in labels), ell=not labels)
         if any(str(x).startswith("*") for x in labels):
             return self.grouped_result(out, fn)

@@ -69,8 +69,9 @@ def test_autocast_outputs_of_a_model_feed_the_loss():
 
 
 def test_a_bfloat16_critic_gets_bfloat16_inputs() -> None:
-    """bfloat16 inputs are computed in float32; a user's module (an `fn` input) is handed them in their own
-    dtype and its result is computed on in float32. It got float32: 'mat1 and mat2 must have the same dtype'."""
+    """bfloat16 inputs are computed in float32; a user's module (an `fn` input) is handed them in its own
+    parameters' dtype and its result is computed on in float32. It got float32: 'mat1 and mat2 must have the
+    same dtype'. (A float32 critic with bfloat16 inputs, test_generative, gets float32.)"""
     torch.manual_seed(0)
     critic = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).to(torch.bfloat16)
     real, u = torch.randn(5, 3).bfloat16(), torch.rand(5).bfloat16()
