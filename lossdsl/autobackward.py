@@ -156,6 +156,8 @@ def _dispatch(base: torch.nn.Module, autograd_call: Callable, twins: dict[str, t
         """The chosen variant's compiled call; on a decided signature only that twin can compile (a changed
         parameter value), so only its log is read. What this wrapper still costs: ~10 us a call over the
         chosen variant alone (nll_loss, 4 x 1024)."""
+        if torch.compiler.is_compiling():  # inside a caller's torch.compile, which compiles the loss itself
+            return autograd_call(*args, **kwargs)
         sig = signature(args, kwargs)
         choice = base.backward_choice.get(sig)
         chosen = (twins.get(choice),) if choice else twins.values()

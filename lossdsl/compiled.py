@@ -315,6 +315,10 @@ def _timed(module: torch.nn.Module, call: Callable, recompute: str = "none",
     timed: set[tuple] = set()  # signatures compiled
 
     def run(*args, **kwargs):
+        if torch.compiler.is_compiling():  # inside a caller's torch.compile: nothing here to time or refresh
+            if prepare is not None:
+                prepare(module, args, kwargs)
+            return call(*args, **kwargs)
         if spec is not None and spec.refresh():
             seen.clear()
             timed.clear()

@@ -446,9 +446,11 @@ def prepare_backward(module: torch.nn.Module, args: tuple, kwargs: dict) -> None
         prepare_vjp(module, want, inputs)
 
 
+@torch.compiler.disable
 def prepare_vjp(module: torch.nn.Module, want: tuple[str, ...], inputs) -> None:
     """Builds, outside any tracing, the backward for the gradients `want` of these inputs into the module's
-    table, which the traced `vjp` reads."""
+    table, which the traced `vjp` reads. Never traced itself: inside a caller's torch.compile, Dynamo
+    traced into SymPy's work here (a graph break runs it eagerly instead)."""
     key = _backward_key(module, want, kernel_bits(list(inputs)))
     table = module.__dict__.setdefault("_lossdsl_vjp", {})
     if key not in table:
