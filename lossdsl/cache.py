@@ -69,9 +69,29 @@ def fingerprint() -> str:
 
 def key(*parts: str) -> str:
     h = hashlib.sha256(fingerprint().encode())
-    for part in parts:
+    for part in (_pipeline(), *parts):
         h.update(b"\0" + part.encode())
     return h.hexdigest()
+
+
+def _pipeline() -> str:
+    """The registered passes, read at each key: a pass a user registers at run time (passes.register) changes
+    every lowering after it, which the package's files (fingerprint) do not show. A pass from outside the
+    package is identified by its source, or by its object (never reused across processes) without one."""
+    import inspect
+
+    from .passes import PIPELINE
+
+    parts = []
+    for name, fn in PIPELINE:
+        module = getattr(fn, "__module__", "") or ""
+        parts.append(f"{name}={module}.{getattr(fn, '__qualname__', '')}")
+        if not module.startswith("lossdsl."):
+            try:
+                parts.append(hashlib.sha256(inspect.getsource(fn).encode()).hexdigest())
+            except (OSError, TypeError):
+                parts.append(f"object {id(fn)} of process {os.getpid()}")
+    return "|".join(parts)
 
 
 def entry_path(k: str, kind: str = "ir") -> Path:

@@ -110,3 +110,23 @@ def test_second_process_skips_the_pipeline(cache_dir: Path) -> None:
     assert runs[0][1] == runs[1][1]
     assert float(runs[1][0]) < 0.5
     assert list(cache_dir.glob("lark/*.lark"))
+
+
+def test_a_pass_registered_at_run_time_is_part_of_the_key(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The package's files are in every key; a user's pass (passes.register) is not one of them, so a lowering
+    cached before it was registered came back without it."""
+    import dataclasses
+
+    from lossdsl import passes
+
+    text = "loss sq(x):\n    x^2\n"
+    before = lossdsl.parse(text)
+
+    def doubled(loss_ir):
+        return dataclasses.replace(loss_ir, expr=2 * loss_ir.expr)
+
+    monkeypatch.setattr(passes, "PIPELINE", [*passes.PIPELINE, ("double", doubled)])
+    after = lossdsl.parse(text)
+    x = torch.tensor([3.0])
+    assert float(before.compile(reduction="sum")(x)) == 9.0
+    assert float(after.compile(reduction="sum")(x)) == 18.0
