@@ -233,7 +233,9 @@ def elements(ev: Evaluator, expr: sp.Expr, free: Sequence[str], broadcast: Seque
 
 
 def agree(a: object, b: object, digits: int) -> bool:
-    """Finite and equal to `digits`: a NaN or inf may be a cancellation more digits would resolve."""
+    """Finite and equal to `digits` relative to the larger of the two, where both are at least 1e-300; two
+    values below 1e-300 agree when they differ by less than 10^-digits * 1e-300 (no float64 sees more). A NaN or
+    inf never agrees: it may be a cancellation more digits would resolve."""
     if not (mp.isfinite(a) and mp.isfinite(b)):
         return False
     return abs(a - b) <= mp.mpf(10) ** (-digits) * max(abs(a), abs(b), mp.mpf(10) ** (-300))
