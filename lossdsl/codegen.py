@@ -797,11 +797,17 @@ class SourceBuilder:
         w(ret("(out.sum() / (wsum + empty)).masked_fill(empty, float('nan')).to(_odt)"))
 
     def batch_size(self) -> str:
+        """'batchmean' divides by the first input's first dimension, as torch's kl_div does; for a leading
+        `*group` that is the group's first dimension (it was 1: cross_entropy's batchmean was the sum)."""
         first = next((i for i in self.loss.inputs if i.kind != "fn"), None)
         if first is None or first.axes is None:
             n = self.py[first.name] if first else ""
             return f"max({n}.shape[0] if {n}.dim() else 1, 1)" if first else "1"
-        return f"max({self.size_var(first.axes[0])}, 1)" if not first.axes[0].startswith("*") else "1"
+        lead = first.axes[0]
+        if lead.startswith("*"):
+            group = self.shape_var(lead)
+            return f"max({group}[0] if {group} else 1, 1)"
+        return f"max({self.size_var(lead)}, 1)"
 
     def unflatten(self, var: str, free: tuple[str, ...]) -> str:
         if not any(f.startswith("*") for f in free):

@@ -28,7 +28,7 @@ from .scope import ELLIPSIS, free_indices, fresh, rename
 
 # Symbols standing for run-time quantities of the reduction; the gradient code generator binds them.
 NUMEL = sp.Symbol("numel(out)", positive=True)  # elements of a broadcast output
-BATCH = sp.Symbol("batch(out)", positive=True)  # leading size of an undeclared-shape output
+BATCH = sp.Symbol("batch(out)", positive=True)  # leading size of the output: undeclared shape or *group
 WSUM = sp.Symbol("sum(weight)", positive=True)  # a broadcast weighted mean's denominator
 LSUM = sp.Symbol("sum(loss)", real=True)  # ... and its numerator
 GRAD_OUT = "grad_out"  # the incoming gradient (vector-Jacobian product seed)
@@ -444,7 +444,7 @@ def roots(loss: ir.LossIR, reduction: str, wrt_depends: Callable[[sp.Basic], boo
         first = next((i for i in loss.inputs if i.kind != "fn"), None)
         lead = first.axes[0] if first is not None and first.axes else None
         size = ir.Size(ir.index_symbol(lead)) if lead and not lead.startswith("*") else (
-            BATCH if first is not None and first.axes is None else sp.Integer(1))
+            BATCH if first is not None else sp.Integer(1))  # a leading *group's first dimension, or the shape's
         return [(loss.expr, seed / size)]
     if reduction == "mean":
         count = NUMEL if loss.broadcast else sp.Mul(*(ir.Size(f) for f in free))

@@ -367,3 +367,15 @@ def test_prefix_all_and_scatter_sum_compiled_equal_their_eager_forms(dim: int) -
     assert torch.equal(got[0], want[0])
     torch.testing.assert_close(got[1], want[1], rtol=1e-14, atol=1e-14)
     assert torch.equal(both(mask, index, src)[0], want[0])  # eagerly: the library calls themselves
+
+
+@pytest.mark.parametrize("mode", ["eager", "fused"])
+@pytest.mark.parametrize("shape", [(4, 3), (2, 5, 3)], ids=["rows", "k_dim"])
+def test_batchmean_divides_by_the_leading_group_dimension(mode: str, shape: tuple) -> None:
+    """cross_entropy's input[*n, c] leads with a group: batchmean divided its sum by 1, not by N."""
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 3, shape[:-1])
+    out = lossdsl.stdlib.get("cross_entropy").compile(reduction="batchmean", mode=mode)(x, y)
+    ref = torch.nn.functional.cross_entropy(x.movedim(-1, 1), y, reduction="sum") / shape[0]
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(torch.autograd.grad(out, x)[0], torch.autograd.grad(ref, x)[0])
