@@ -23,6 +23,7 @@ with learnable parameters (lazily shaped ones among them) take the fallback.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator
 
 import torch
@@ -80,7 +81,13 @@ class DirectRun:
         except Exception:  # any failure to trace means: let Dynamo handle this module
             self.broken = True
             return None
-        run = torch._inductor.compile(graph, example, options=self.options)
+        try:
+            run = torch._inductor.compile(graph, example, options=self.options)
+        except Exception as err:  # the same graph may still compile through Dynamo; said, not silent
+            warnings.warn(f"lossdsl: in_forward's direct path could not compile ({type(err).__name__}: {err}); "
+                          "this module runs through torch.compile", RuntimeWarning, stacklevel=2)
+            self.broken = True
+            return None
         return run, flagged[-1], tuple(t.shape for t in inputs)
 
 

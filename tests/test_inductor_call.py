@@ -233,3 +233,19 @@ def test_stdlib_losses_through_entries_match_the_eager_module(name: str) -> None
     for a, b in zip(torch.autograd.grad(out, diff), torch.autograd.grad(ref, diff), strict=True):
         torch.testing.assert_close(a, b)
     assert len(module._lossdsl_run.table) == 1
+
+
+def test_an_inductor_failure_warns_and_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fn(module, want, x):
+        return (x * module.scale).sum(), ()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(torch._inductor, "compile", broken)
+    run, fell_back = _toy_run(fn)
+    with pytest.warns(RuntimeWarning, match="could not compile .RuntimeError: no compiler"):
+        out, _ = run(_Toy(), (), torch.ones(3, dtype=torch.float64))
+    assert float(out) == 6.0 and run.broken and len(fell_back) == 1
+    run(_Toy(), (), torch.ones(3, dtype=torch.float64))
+    assert len(fell_back) == 2  # not tried again
