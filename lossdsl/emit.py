@@ -326,7 +326,21 @@ class Emitter(MaskLowering):
             return None
         if isinstance(e, sp.Symbol):
             return self.host_params[e.name].code
+        for divisor in {b for b, x in (p.as_base_exp() for p in sp.preorder_traversal(e) if isinstance(p, sp.Pow))
+                        if x.is_negative and isinstance(b, sp.Symbol)}:
+            self.nonzero_host(divisor)
         return f"({sp.sstr(e.xreplace({x: sp.Symbol(self.host_params[x.name].code) for x in e.free_symbols}))})"
+
+    def nonzero_host(self, param: sp.Symbol) -> None:
+        """A host parameter the host code divides by is checked first: Python's 1 / 0.0 raised a bare
+        ZeroDivisionError from inside the generated forward (pairwise_distance with p = 0). Not while
+        compiling, where the parameter is a tensor (codegen._host) and its division IEEE's."""
+        code = self.host_params[param.name].code
+        check = f"if not _compiling() and {code} == 0:"
+        if check not in self.lines:
+            self.lines.append(check)
+            message = f"parameter '{param.name}' is 0, and this loss divides by it"
+            self.lines.append(f"    raise self.param_error({message!r})")
 
     def unary(self, fn: str, v: V) -> V:
         if not v.is_tensor:

@@ -139,3 +139,12 @@ def test_a_complex_input_is_refused_not_cast(mode: str) -> None:
     module = lossdsl.stdlib.get("mse_loss").compile(mode=mode)
     with pytest.raises(lossdsl.InputError, match=r"input 'target' is complex \(torch.complex128\)"):
         module(torch.randn(3), torch.randn(3, dtype=torch.complex128))
+
+
+def test_a_host_parameter_the_loss_divides_by_is_checked() -> None:
+    """pairwise_distance's 1/p with p = 0 was a bare ZeroDivisionError from inside the generated forward."""
+    a, b = torch.randn(4, 3), torch.randn(4, 3)
+    with pytest.raises(lossdsl.ParameterError, match="parameter 'p' is 0, and this loss divides by it"):
+        lossdsl.stdlib.pairwise_distance(p=0.0)(a, b)
+    torch.testing.assert_close(lossdsl.stdlib.pairwise_distance(p=3.0, reduction="none")(a, b),
+                               torch.pairwise_distance(a, b, p=3.0))
