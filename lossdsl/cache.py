@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import inspect
 import io
 import os
 import pickle
@@ -29,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from . import passes
 from .ir import LossIR
 
 T = TypeVar("T")
@@ -78,12 +80,8 @@ def _pipeline() -> str:
     """The registered passes, read at each key: a pass a user registers at run time (passes.register) changes
     every lowering after it, which the package's files (fingerprint) do not show. A pass from outside the
     package is identified by its source, or by its object (never reused across processes) without one."""
-    import inspect
-
-    from .passes import PIPELINE
-
     parts = []
-    for name, fn in PIPELINE:
+    for name, fn in passes.PIPELINE:
         module = getattr(fn, "__module__", "") or ""
         parts.append(f"{name}={module}.{getattr(fn, '__qualname__', '')}")
         if not module.startswith("lossdsl."):

@@ -326,8 +326,7 @@ class Emitter(MaskLowering):
             return None
         if isinstance(e, sp.Symbol):
             return self.host_params[e.name].code
-        for divisor in {b for b, x in (p.as_base_exp() for p in sp.preorder_traversal(e) if isinstance(p, sp.Pow))
-                        if x.is_negative and isinstance(b, sp.Symbol)}:
+        for divisor in _divisors(e):
             self.nonzero_host(divisor)
         return f"({sp.sstr(e.xreplace({x: sp.Symbol(self.host_params[x.name].code) for x in e.free_symbols}))})"
 
@@ -849,6 +848,12 @@ class Emitter(MaskLowering):
         # a block, so that an error inside (the critic's) leaves grad mode as it found it
         self.lines[start:] = ["with torch.enable_grad():", *(f"    {line}" for line in self.lines[start:])]
         return g
+
+
+def _divisors(e: sp.Basic) -> set[sp.Symbol]:
+    """The symbols e divides by: bases of its powers with a negative exponent (SymPy writes 1/p as p**-1)."""
+    powers = (x.as_base_exp() for x in sp.preorder_traversal(e) if isinstance(x, sp.Pow))
+    return {base for base, exp in powers if exp.is_negative and isinstance(base, sp.Symbol)}
 
 
 def renaming_key(e: sp.Basic) -> tuple[sp.Basic, list[sp.Symbol]] | None:

@@ -18,6 +18,7 @@ import torch
 
 from .api import STDLIB_DIR, Loss, load
 from .errors import InputError, ParameterError
+from .fused import kernel_bits
 
 SOURCE = STDLIB_DIR / "torch_nn.loss"
 Tensor = torch.Tensor
@@ -122,10 +123,6 @@ def _broadcast(what: str, *tensors: Tensor) -> list[Tensor]:
         raise InputError(f"{what}: inputs of shapes {shapes} do not broadcast together") from None
 
 
-def _dtype(x) -> torch.dtype | None:
-    return x.dtype if isinstance(x, Tensor) else None
-
-
 def _batched(out: Tensor, unbatched: bool, reduction: str) -> Tensor:
     """Undo the batch of one added for an unbatched input (only visible with reduction='none')."""
     return out.squeeze(0) if unbatched and reduction == "none" else out
@@ -164,7 +161,7 @@ def smooth_l1_loss(input: Tensor, target: Tensor, size_average: bool | None = No
     _warn_size(input, target)
     if beta < 0:
         raise ParameterError(f"smooth_l1_loss does not support negative values for beta, got {beta}")
-    compute = torch.float64 if torch.float64 in (_dtype(input), _dtype(target)) else torch.float32
+    compute = torch.float64 if kernel_bits([input, target]) == 53 else torch.float32
     if beta < torch.finfo(compute).tiny:
         return _run("l1_loss", reduction, input, target)
     return _run("smooth_l1_loss", reduction, input, target, beta=float(beta))
